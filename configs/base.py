@@ -1,0 +1,133 @@
+"""Every default of vrft_jax in one commented block.
+
+Other config files start from `get_config()` here and change only what differs. Library code reads
+fields directly (never `config.get(x, default)`), so a default lives here and nowhere else. The
+config is locked by the entry point: a misspelled `--config.field=...` fails naming the field.
+
+Shape letters used in comments: B prompts, G samples per prompt, T tokens, S image patches.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    del arg
+    c = ml_collections.ConfigDict()
+
+    # ---- Run ------------------------------------------------------------------------------------
+    c.seed = 42  # one seed drives data order, init, sampling (the reference uses 42)
+    c.trainer = "grpo"  # "grpo" (Visual-RFT) or "sft" (the paper's supervised baseline)
+    c.total_steps = 200  # optimizer steps; 0 = evaluate only
+    c.log_every = 1  # metrics to JSON lines + TensorBoard every N steps
+    c.sample_every = 10  # write a few completions with their rewards every N steps
+    c.num_logged_samples = 4  # how many completions each time
+    c.eval_every = 0  # run the evaluators every N steps (0 = only at the end)
+    c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU launches)
+    c.runlocal = False  # shrink a paper config to run on a laptop
+
+    # ---- Model ----------------------------------------------------------------------------------
+    c.model_init = ""  # local Hugging Face Qwen2-VL folder; "" = random init from model.preset
+    c.resume = ""  # an orbax checkpoint dir to start from (after the workdir's own checkpoints)
+    c.tokenizer = ""  # tokenizer/processor folder; "" = model_init, else the shipped Qwen2-VL files
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"  # size for random init: "tiny" (tests, demo), "2b", "7b"
+    c.model.param_dtype = "float32"  # weights and optimizer state ("bfloat16" on accelerators)
+    c.model.compute_dtype = "float32"  # activations ("bfloat16" on accelerators)
+    c.model.attention = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
+    c.model.remat = "none"  # activation checkpointing of each scanned layer: "none", "full", "dots"
+    c.model.scan_layers = True  # one compiled decoder/vision layer scanned over depth
+
+    # ---- Inputs (prompt side) -------------------------------------------------------------------
+    c.input = ml_collections.ConfigDict()
+    c.input.min_pixels = 3136  # image processor lower bound (4 * 28 * 28)
+    c.input.max_pixels = 401408  # upper bound (512 * 28 * 28 -> at most 512 visual tokens)
+    c.input.prompt_template = "detection"  # "detection", "classification", "grounding", "raw"
+    c.input.classification_subject = "aircraft"  # which classification sentence (see prompts.py)
+    c.input.max_prompt_length = 1024  # prompts longer than this fail loudly (never truncated)
+    c.input.batch_size = 16  # prompts per optimizer step (B); reference: 8 GPUs x 1 x 2 accum
+    c.input.prompt_buckets = (64, 128, 256, 512, 1024)  # padded prompt lengths (T) to bound compiles
+    c.input.patch_buckets = (256, 1024, 2048, 4096, 8192)  # padded patch counts (S) per batch
+
+    # ---- Data -----------------------------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # "synthetic", "rows", "coco", "lvis", "tfds", "image_folder", "lisa"
+    c.data.path = ""  # parquet/jsonl rows, annotation JSON, LISA JSON, or image folder root
+    c.data.image_root = ""  # folder the rows' / annotations' image paths are relative to
+    c.data.tfds_name = ""  # e.g. "oxford_flowers102" (prepared locally, no download)
+    c.data.tfds_data_dir = ""  # TFDS data_dir holding prepared data
+    c.data.split = "train"
+    c.data.eval_split = "test"
+    c.data.shots = 0  # K-shot subset per category/class (0 = all)
+    c.data.categories = ()  # category names to keep (detection); () = the source's default
+    c.data.negatives = False  # add "No Objects" examples (detection)
+    c.data.num_workers = 2  # host decode/preprocess workers
+    c.data.max_bad_fraction = 0.01  # fail if more than this fraction of images are corrupt/missing
+    c.data.synthetic_task = "mixed"  # built-in demo task: "classification", "detection", "mixed"
+    c.data.synthetic_size = 112  # synthetic image side in pixels
+    c.data.num_eval_examples = 64  # held-out examples for evaluation
+
+    # ---- Sampler (rollouts) ---------------------------------------------------------------------
+    c.sampler = ml_collections.ConfigDict()
+    c.sampler.max_new_tokens = 256  # completion length C (TRL default used by the reference)
+    c.sampler.temperature = 1.0  # the reference hard-codes 1.0
+    c.sampler.top_k = 0  # 0 = off
+    c.sampler.top_p = 1.0  # 1.0 = off
+    c.sampler.batch_buckets = (1, 2, 4, 8, 16, 32, 64, 128)  # padded prompt counts
+
+    # ---- Rewards --------------------------------------------------------------------------------
+    # (name, weight) pairs from vrft_jax.rewards' registry; total reward = weighted sum.
+    c.rewards = (("format", 1.0), ("detection_iou", 1.0), ("detection_confidence", 1.0))
+    c.reward = ml_collections.ConfigDict()
+    c.reward.iou_threshold = 0.5  # a prediction matches a box only with IoU > this (strict)
+    c.reward.iou_denominator = "max"  # "max" (reference code) or "predictions" (paper text)
+    c.reward.classification_match = "exact"  # "exact" or "contains"
+    c.reward.grounding = "iou"  # "iou" or "giou_plus_one" (reference)
+
+    # ---- GRPO -----------------------------------------------------------------------------------
+    c.grpo = ml_collections.ConfigDict()
+    c.grpo.G = 8  # samples per prompt (reference: 8 for 2B, 4 for 7B)
+    c.grpo.beta = 0.04  # KL weight; the reference's TRL default (newer TRL silently uses 0.0)
+    c.grpo.epsilon = 0.2  # clip range low side: ratio >= 1 - epsilon
+    c.grpo.epsilon_high = 0.2  # clip range high side: ratio <= 1 + epsilon_high (DAPO: 0.28)
+    c.grpo.mu = 1  # policy updates per rollout batch; old log-probs recomputed when mu > 1
+    c.grpo.advantage = "grpo"  # "grpo" (r-mean)/(std+1e-4), "dr_grpo" (no std), "rloo"
+    c.grpo.kl_estimator = "k3"  # "k1", "k2", "k3"
+    c.grpo.loss_aggregation = "seq_mean_token_mean"  # or "token_mean" (DAPO), "seq_mean_token_sum_norm"
+    c.grpo.drop_zero_variance_groups = False  # skip groups whose G rewards are all equal
+    c.grpo.micro_batch_size = 8  # sequences per forward/backward (gradient accumulation)
+    c.grpo.ref_dtype = "bfloat16"  # frozen reference copy (absent when beta == 0)
+
+    # ---- SFT baseline ---------------------------------------------------------------------------
+    c.sft = ml_collections.ConfigDict()
+    c.sft.micro_batch_size = 8
+    c.sft.warmup_steps = 0  # demo: supervised steps before GRPO to learn the answer format
+
+    # ---- Optimizer (Optax AdamW) ----------------------------------------------------------------
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-6  # reference (TRL default)
+    c.optim.schedule = "linear"  # "linear" decay to 0, "cosine", or "constant"
+    c.optim.warmup_steps = 0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0  # global norm
+    c.optim.freeze = ""  # regex over parameter paths to freeze, e.g. "^visual/" (vision tower)
+    c.optim.max_nonfinite_steps = 3  # stop after this many skipped non-finite steps in a row
+
+    # ---- Mesh and sharding ----------------------------------------------------------------------
+    # Axis sizes; -1 takes the remaining devices. The batch splits over data x fsdp.
+    c.mesh = (("data", 1), ("fsdp", -1), ("tensor", 1))
+
+    # ---- Checkpoints ----------------------------------------------------------------------------
+    c.ckpt = ml_collections.ConfigDict()
+    c.ckpt.every = 100  # steps between saves (0 = only at the end and on SIGTERM)
+    c.ckpt.keep = 3  # keep the last K
+    c.ckpt.async_save = True
+
+    # ---- Evaluation -----------------------------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.max_new_tokens = 256  # greedy decoding length for evaluators
+    c.eval.batch_size = 16
+
+    return c
