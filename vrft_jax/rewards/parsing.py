@@ -1,0 +1,270 @@
+"""Host-side reward parsing: tags, answers, and padded numpy arrays for the jnp kernels.
+
+Everything here takes whatever text the model wrote and never raises: text that cannot be read is
+"no prediction" (`valid=False`), which every reward scores 0. Choices that differ from the
+reference (Visual-RFT `grpo*.py`, see docs) are marked "Reference:".
+
+Shape letters: N completions, P predicted boxes (padded), M ground-truth boxes (padded).
+"""
+
+import ast
+import json
+import math
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+COORD_MAX = 1000.0  # boxes are integers normalised to 0..1000 by image width/height
+MAX_ANSWER_CHARS = 20_000  # longer answers are not parsed (a 256-token answer is ~1-2k chars)
+_MAX_REPAIR_TRIES = 64  # truncation repair tries at most this many cut points
+
+# Reference: the same pattern with re.fullmatch(..., re.DOTALL); we also strip the completion so a
+# trailing newline or space does not cost the format reward.
+_FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+# Reference: the detection and classification files search without DOTALL, so an answer that spans
+# lines is missed and scores 0 (or falls back to the whole completion). We allow newlines.
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# "No Objects" (any case, optional quotes/punctuation, "Object" singular) means an empty detection.
+_NO_OBJECTS_RE = re.compile(r"[\s'\"`.]*no\s*objects?[\s'\"`.!]*", re.IGNORECASE)
+_NUM = r"[-+]?\d+(?:\.\d+)?"
+_POINTS_BOX_RE = re.compile(
+    rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
+)
+_LIST_BOX_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]")
+
+
+class ParsedBoxes(NamedTuple):
+    """One parsed answer: boxes float32 [K, 4] (x1, y1, x2, y2 in 0..1000), conf float32 [K].
+
+    valid=False means the answer could not be read (no tag, bad syntax, a bad entry); an empty but
+    valid answer (`[]`, "No Objects") has K = 0 and valid=True.
+    """
+
+    boxes: np.ndarray
+    conf: np.ndarray
+    valid: bool
+
+
+INVALID = ParsedBoxes(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), False)
+EMPTY = ParsedBoxes(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), True)
+
+
+def has_format(completion) -> bool:
+    """True if the stripped completion is exactly `<think>...</think> <answer>...</answer>`."""
+    if not isinstance(completion, str):
+        return False
+    return _FORMAT_RE.fullmatch(completion.strip()) is not None
+
+
+def extract_answer(completion) -> str | None:
+    """The content of the first `<answer>...</answer>` (newlines allowed), stripped; None if absent.
+
+    Reference: a completion without the tags fell back to the whole completion, so e.g. a class name
+    mentioned in `<think>` earned credit. Here no answer tag means no prediction.
+    """
+    if not isinstance(completion, str):
+        return None
+    match = _ANSWER_RE.search(completion)
+    return None if match is None else match.group(1).strip()
+
+
+def solution_answer(solution) -> str:
+    """The dataset's solution: the `<answer>` content if tagged, else the whole stripped string."""
+    if not isinstance(solution, str):
+        return ""
+    answer = extract_answer(solution)
+    return solution.strip() if answer is None else answer
+
+
+def _number(value) -> float | None:
+    """A finite float from a JSON/Python number; None for bools, strings, NaN, inf, huge ints."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def _load(text: str):
+    """JSON first (double quotes), then a Python literal (single quotes); None when neither reads.
+
+    Reference: replaced every ' by " and used json.loads, which also accepts NaN and Infinity; those
+    still load here and are then rejected as non-finite.
+    """
+    for loader in (json.loads, ast.literal_eval):
+        try:
+            return loader(text)
+        except Exception:  # any parse failure (incl. RecursionError, MemoryError) = unreadable
+            continue
+    return None
+
+
+def _load_with_repair(text: str):
+    """Load a list; a truncated one (not ending in `]`) is cut after its last complete entry."""
+    loaded = _load(text)
+    if loaded is not None or not text.startswith("[") or text.endswith("]"):
+        return loaded
+    end = len(text)
+    for _ in range(_MAX_REPAIR_TRIES):
+        end = text.rfind("}", 0, end)
+        if end < 0:
+            return None
+        loaded = _load(text[: end + 1] + "]")
+        if isinstance(loaded, list):
+            return loaded
+    return None
+
+
+def _entry(item, need_confidence: bool) -> tuple[tuple[float, ...], float] | None:
+    """(box, confidence) from `{'Position': [x1, y1, x2, y2], 'Confidence': c}`; None if bad.
+
+    Keys match case-insensitively. Coordinates are clipped to 0..1000 and confidences to [0, 1]
+    later, after de-duplication on the raw values.
+    """
+    if not isinstance(item, dict):
+        return None
+    fields = {k.lower(): v for k, v in item.items() if isinstance(k, str)}
+    position = fields.get("position")
+    if not isinstance(position, list | tuple) or len(position) != 4:
+        return None
+    box = tuple(_number(v) for v in position)
+    if any(v is None for v in box):
+        return None
+    if not need_confidence:
+        return box, 1.0
+    confidence = _number(fields.get("confidence"))
+    if confidence is None:
+        return None
+    return box, confidence
+
+
+def parse_detection_answer(answer, *, is_solution: bool = False) -> ParsedBoxes:
+    """Parse a detection answer (the text inside `<answer>`) into boxes and confidences.
+
+    Accepted: a list of `{'Position': [x1, y1, x2, y2], 'Confidence': c}` in JSON or Python-literal
+    syntax (a lone dict or a tuple also counts), `[]` or "No Objects" (empty, valid). A list that is
+    cut off (does not end in `]`) is repaired at its last complete entry. Any entry that is not such
+    a dict, or has a non-numeric / non-finite coordinate or confidence, makes the whole answer
+    invalid. Exact duplicate boxes are dropped, first kept (predictions only). Solutions need no
+    confidence (their confidences are unused).
+    """
+    if not isinstance(answer, str):
+        return INVALID
+    text = answer.strip()
+    if _NO_OBJECTS_RE.fullmatch(text):
+        return EMPTY
+    if len(text) > MAX_ANSWER_CHARS:
+        return INVALID
+    loaded = _load_with_repair(text)
+    if isinstance(loaded, dict):
+        loaded = [loaded]
+    if not isinstance(loaded, list | tuple):
+        return INVALID
+    boxes, confs, seen = [], [], set()
+    for item in loaded:
+        entry = _entry(item, need_confidence=not is_solution)
+        if entry is None:
+            return INVALID
+        box, confidence = entry
+        if not is_solution and box in seen:
+            continue  # Reference: remove_duplicates keeps the first of exactly equal boxes.
+        seen.add(box)
+        boxes.append(box)
+        confs.append(confidence)
+    if not boxes:
+        return EMPTY
+    boxes = np.clip(np.asarray(boxes, np.float64), 0.0, COORD_MAX).astype(np.float32)
+    confs = np.clip(np.asarray(confs, np.float64), 0.0, 1.0).astype(np.float32)
+    return ParsedBoxes(boxes, confs, True)
+
+
+def parse_grounding_answer(answer) -> ParsedBoxes:
+    """The first box in a grounding answer, `(x1,y1),(x2,y2)` or `[x1, y1, x2, y2]`, 0..1000.
+
+    Integers or decimals; coordinates are clipped to 0..1000. Only the first box counts, so listing
+    several boxes gains nothing. Reference: integers in `(x1,y1),(x2,y2)` only, and with two or more
+    boxes it paired the wrong corners.
+    """
+    if not isinstance(answer, str) or len(answer) > MAX_ANSWER_CHARS:
+        return INVALID
+    matches = [m for m in (_POINTS_BOX_RE.search(answer), _LIST_BOX_RE.search(answer)) if m]
+    if not matches:
+        return INVALID
+    first = min(matches, key=lambda m: m.start())
+    box = [float(v) for v in first.groups()]
+    if not all(math.isfinite(v) for v in box):
+        return INVALID
+    boxes = np.clip(np.asarray([box], np.float64), 0.0, COORD_MAX).astype(np.float32)
+    return ParsedBoxes(boxes, np.ones((1,), np.float32), True)
+
+
+def bucket(size: int, minimum: int = 4) -> int:
+    """The next power of two >= size (at least `minimum`), to bound the number of jit compiles."""
+    result = minimum
+    while result < size:
+        result *= 2
+    return result
+
+
+def pad_boxes(parsed: list[ParsedBoxes], num_rows: int, num_boxes: int):
+    """Stack answers into padded arrays; rows past len(parsed) are invalid padding.
+
+    Returns boxes float32 [N, P, 4], conf float32 [N, P], mask bool [N, P], valid bool [N], with
+    N = num_rows and P = num_boxes. An answer with more than P boxes keeps its P most confident
+    (stable order), so the kernels' box counts then see only those P.
+    """
+    boxes = np.zeros((num_rows, num_boxes, 4), np.float32)
+    conf = np.zeros((num_rows, num_boxes), np.float32)
+    mask = np.zeros((num_rows, num_boxes), bool)
+    valid = np.zeros((num_rows,), bool)
+    for i, item in enumerate(parsed):
+        if len(item.conf) > num_boxes:
+            keep = np.sort(np.argsort(-item.conf, kind="stable")[:num_boxes])
+            item = ParsedBoxes(item.boxes[keep], item.conf[keep], item.valid)
+        k = len(item.conf)
+        boxes[i, :k], conf[i, :k], mask[i, :k], valid[i] = item.boxes, item.conf, True, item.valid
+    return boxes, conf, mask, valid
+
+
+class DetectionBatch(NamedTuple):
+    """Padded detection arrays for `kernels.detection_scores` (all numpy).
+
+    pred_boxes float32 [N, P, 4], pred_conf float32 [N, P], pred_mask bool [N, P],
+    gt_boxes float32 [N, M, 4], gt_mask bool [N, M], valid bool [N] (prediction and solution read).
+    """
+
+    pred_boxes: np.ndarray
+    pred_conf: np.ndarray
+    pred_mask: np.ndarray
+    gt_boxes: np.ndarray
+    gt_mask: np.ndarray
+    valid: np.ndarray
+
+
+def parse_detection_batch(
+    completions, solutions, *, num_rows: int | None = None, num_boxes: int | None = None
+) -> DetectionBatch:
+    """Parse N completions and their solutions into one padded DetectionBatch.
+
+    num_rows / num_boxes default to power-of-two buckets of N and of the largest box count, so the
+    jitted kernel compiles once per bucket. A solution that cannot be read scores 0 (valid=False).
+    """
+    preds = [parse_detection_answer(extract_answer(c)) for c in completions]
+    gts = [parse_detection_answer(solution_answer(s), is_solution=True) for s in solutions]
+    rows = num_rows or bucket(len(preds), minimum=8)
+    most = max([len(p.conf) for p in preds + gts] + [1])
+    width = num_boxes or bucket(most)
+    pred_boxes, pred_conf, pred_mask, pred_valid = pad_boxes(preds, rows, width)
+    gt_boxes, _, gt_mask, gt_valid = pad_boxes(gts, rows, width)
+    valid = pred_valid & gt_valid
+    return DetectionBatch(pred_boxes, pred_conf, pred_mask, gt_boxes, gt_mask, valid)
+
+
+def normalize_label(text) -> str:
+    """Lowercase, trim, drop whitespace, `_` and `-` ("Japanese_Chin" == "japanese chin")."""
+    if not isinstance(text, str):
+        return ""
+    return re.sub(r"[\s_\-]+", "", text.strip().lower())
