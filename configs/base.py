@@ -65,6 +65,11 @@ def get_config(arg=None):
     c.data.synthetic_task = "mixed"  # built-in demo task: "classification", "detection", "mixed"
     c.data.synthetic_size = 112  # synthetic image side in pixels
     c.data.num_eval_examples = 64  # held-out examples for evaluation
+    c.data.eval_path = ""  # evaluation annotations/rows/folder; "" = data.path
+    c.data.eval_image_root = ""  # "" = data.image_root
+    c.data.eval_categories = ()  # detection categories to evaluate; () = data.categories
+    c.data.max_examples = 0  # random subset of the train examples (0 = all; OV COCO: 6000)
+    c.data.image_folder_subject = "aircraft"  # image_folder prompt: aircraft, flowers, pets, cars
 
     # ---- Sampler (rollouts) ---------------------------------------------------------------------
     c.sampler = ml_collections.ConfigDict()
@@ -129,5 +134,7 @@ def get_config(arg=None):
     c.eval = ml_collections.ConfigDict()
     c.eval.max_new_tokens = 256  # greedy decoding length for evaluators
     c.eval.batch_size = 16
+    c.eval.detection_gate = "gt"  # which categories each image is asked about: "gt", "all", or an
+    # exist-map JSON path {image id or file name: [names]} (the reference gates with its baseline)
 
     return c

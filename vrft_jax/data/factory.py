@@ -1,0 +1,94 @@
+"""`make_source(config.data, role, seed)`: the data source a config names.
+
+role "train" reads `path` / `image_root` / `split` / `categories` with `shots` and `negatives`;
+role "eval" reads `eval_path` / `eval_image_root` / `eval_split` / `eval_categories` (each falling
+back to the train field when empty), every example (no K-shot), at most `num_eval_examples`
+(0 = all).
+"""
+
+from vrft_jax.data.example import DataError
+
+SOURCES = ("synthetic", "rows", "coco", "lvis", "tfds", "image_folder", "lisa")
+
+
+def _pick(eval_value, train_value, role):
+    return eval_value if role == "eval" and eval_value else train_value
+
+
+def _cap(source, limit):
+    """The first `limit` examples of a source (0 = all)."""
+    if not limit or len(source) <= limit:
+        return source
+    return _Prefix(source, limit)
+
+
+class _Prefix:
+    def __init__(self, source, length):
+        self.source, self.length = source, length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return self.source[index]
+
+    def __getattr__(self, name):  # e.g. a COCO source's annotation_file for the evaluator
+        return getattr(self.source, name)
+
+
+def make_source(data, role: str, seed: int, *, detection_gate: str = "gt"):
+    """A random-access source of `Example`s. data: config.data; role: "train" or "eval"."""
+    if role not in ("train", "eval"):
+        raise ValueError(f"role {role!r}: expected 'train' or 'eval'")
+    is_eval = role == "eval"
+    path = _pick(data.eval_path, data.path, role)
+    image_root = _pick(data.eval_image_root, data.image_root, role)
+    split = data.eval_split if is_eval else data.split
+    limit = data.num_eval_examples if is_eval else 0
+    shots = 0 if is_eval else data.shots
+
+    if data.source == "synthetic":
+        from vrft_jax.data.synthetic import SyntheticShapes
+
+        length = data.num_eval_examples if is_eval else None
+        return SyntheticShapes(data.synthetic_task, role, seed, data.synthetic_size, length)
+    if not path:
+        raise DataError(f"config.data.source={data.source!r} needs config.data.path")
+    if data.source == "rows":
+        from vrft_jax.data.rows import Rows
+
+        return _cap(Rows(path, image_root), limit)
+    if data.source in ("coco", "lvis"):
+        from vrft_jax.data.coco import CocoDetection
+
+        return CocoDetection(
+            path,
+            image_root,
+            mode=role,
+            categories=tuple(_pick(data.eval_categories, data.categories, role)),
+            shots=shots,
+            seed=seed,
+            negatives=data.negatives and not is_eval,
+            max_examples=0 if is_eval else data.max_examples,
+            gate=detection_gate,
+            max_eval_examples=limit,
+        )
+    if data.source == "tfds":
+        from vrft_jax.data.tfds import TfdsClassification
+
+        source = TfdsClassification(
+            data.tfds_name, split, data.tfds_data_dir, shots=shots, seed=seed
+        )
+        return _cap(source, limit)
+    if data.source == "image_folder":
+        from vrft_jax.data.image_folder import ImageFolder
+
+        subject = data.image_folder_subject
+        return _cap(ImageFolder(path, split, subject=subject, shots=shots, seed=seed), limit)
+    if data.source == "lisa":
+        from vrft_jax.data.lisa import LisaGrounding
+
+        return _cap(LisaGrounding(path), limit)
+    raise DataError(f"config.data.source={data.source!r}: expected one of {SOURCES}")

@@ -1,0 +1,71 @@
+"""LISA / ReasonSeg reasoning grounding: polygons -> one box in 0..1000 ints.
+
+ReasonSeg ships `<split>/<name>.jpg` with `<name>.json` holding {"text": [instructions],
+"is_sentence": bool, "shapes": [{"label", "points": [[x, y], ...]}, ...]}. As the reference's
+gen_box_ann.py does, the box is the min/max of the first polygon; gen_sft.py's one example per
+instruction sentence is kept.
+"""
+
+import glob
+import json
+import os
+
+from PIL import Image
+
+from vrft_jax.data import templates
+from vrft_jax.data.example import DataError, Example, grounding_solution, to_thousandths
+
+
+def polygon_box(points) -> tuple[float, float, float, float]:
+    xs = [float(p[0]) for p in points]
+    ys = [float(p[1]) for p in points]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+class LisaGrounding:
+    def __init__(self, folder: str, max_examples: int = 0):
+        files = sorted(glob.glob(os.path.join(folder, "*.json")))
+        if not files:
+            raise DataError(f"config.data.path={folder!r}: no ReasonSeg *.json files")
+        self.items = []  # (json file, instruction index, instruction)
+        self._meta = {}
+        for file in files:
+            with open(file, encoding="utf-8") as f:
+                record = json.load(f)
+            if not record.get("shapes") or not record.get("text"):
+                raise DataError(f"{file}: needs non-empty 'shapes' and 'text'")
+            texts = record["text"] if isinstance(record["text"], list) else [record["text"]]
+            self._meta[file] = (polygon_box(record["shapes"][0]["points"]), record)
+            self.items.extend((file, k, t) for k, t in enumerate(texts))
+        if max_examples:
+            self.items = self.items[:max_examples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Example:
+        file, k, instruction = self.items[index]
+        pixel_box, record = self._meta[file]
+        path = os.path.splitext(file)[0] + ".jpg"
+        size = None
+        if "imageWidth" in record and "imageHeight" in record:
+            size = (int(record["imageWidth"]), int(record["imageHeight"]))
+        else:
+            try:  # reads the header only; a missing file is reported by the pipeline
+                with Image.open(path) as im:
+                    size = im.size
+            except OSError:
+                pass
+        box = to_thousandths(pixel_box, *size) if size else (0, 0, 0, 0)
+        return Example(
+            image=path,
+            problem=templates.grounding_problem(instruction),
+            task="grounding",
+            solution=grounding_solution(box),
+            example_id=f"{os.path.basename(file)}#{k}",
+            image_id=os.path.basename(path),
+            image_path=path,
+            image_size=size,
+            boxes=(box,),
+            pixel_boxes=(pixel_box,),
+        )
