@@ -22,14 +22,38 @@ from vrft_jax.data.example import DataError, Example, detection_solution, k_shot
 
 COCO_FEWSHOT_8 = ("bus", "train", "fire hydrant", "stop sign", "cat", "dog", "bed", "toilet")
 COCO_NOVEL_15 = (
-    "mouse", "fork", "hot dog", "cat", "airplane", "suitcase", "parking meter", "sandwich",
-    "train", "hair drier", "toilet", "toaster", "snowboard", "frisbee", "bear",
-)  # fmt: skip
+    "mouse",
+    "fork",
+    "hot dog",
+    "cat",
+    "airplane",
+    "suitcase",
+    "parking meter",
+    "sandwich",
+    "train",
+    "hair drier",
+    "toilet",
+    "toaster",
+    "snowboard",
+    "frisbee",
+    "bear",
+)
 LVIS_FEWSHOT_6 = ("horse_buggy", "die", "kitchen_table", "omelet", "papaya", "stepladder")
 LVIS_OV_13 = (
-    "casserole", "die", "egg_roll", "futon", "garbage", "handsaw", "hippopotamus",
-    "kitchen_table", "mallet", "omelet", "shot_glass", "stepladder", "sugar_bowl",
-)  # fmt: skip
+    "casserole",
+    "die",
+    "egg_roll",
+    "futon",
+    "garbage",
+    "handsaw",
+    "hippopotamus",
+    "kitchen_table",
+    "mallet",
+    "omelet",
+    "shot_glass",
+    "stepladder",
+    "sugar_bowl",
+)
 # Names usable in config.data.categories in place of a list.
 CATEGORY_SETS = {
     "coco_fewshot8": COCO_FEWSHOT_8,

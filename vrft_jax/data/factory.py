@@ -34,6 +34,9 @@ class _Prefix:
             raise IndexError(index)
         return self.source[index]
 
+    def task_at(self, index):
+        return self.source.task_at(index) if hasattr(self.source, "task_at") else self[index].task
+
     def __getattr__(self, name):  # e.g. a COCO source's annotation_file for the evaluator
         return getattr(self.source, name)
 
@@ -54,7 +57,7 @@ def make_source(data, role: str, seed: int, *, detection_gate: str = "gt"):
 
         length = data.num_eval_examples if is_eval else None
         return SyntheticShapes(data.synthetic_task, role, seed, data.synthetic_size, length)
-    if not path:
+    if not path and data.source != "tfds":
         raise DataError(f"config.data.source={data.source!r} needs config.data.path")
     if data.source == "rows":
         from vrft_jax.data.rows import Rows

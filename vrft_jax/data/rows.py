@@ -139,6 +139,11 @@ class Rows:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def task_at(self, index: int) -> str:
+        """The task of a row from its texts alone (no image read)."""
+        problem, solution = self._rows[index][:2]
+        return parse_solution(problem, solution)["task"]
+
     def __getitem__(self, index: int) -> Example:
         problem, solution, image, name = self._rows[index]
         path = name

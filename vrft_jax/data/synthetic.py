@@ -68,14 +68,16 @@ class SyntheticShapes:
     def __len__(self) -> int:
         return self.length
 
+    def task_at(self, index: int) -> str:
+        if self.task == "mixed":
+            return "classification" if index % 2 == 0 else "detection"
+        return self.task
+
     def __getitem__(self, index: int) -> Example:
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
-        task = self.task
-        if task == "mixed":
-            task = "classification" if index % 2 == 0 else "detection"
-        if task == "classification":
+        if self.task_at(index) == "classification":
             return self._classification(rng, index)
         return self._detection(rng, index)
 

@@ -1,0 +1,74 @@
+"""Evaluators: `run(predict_fn)` predicts every held-out example and yields (name, value).
+
+`predict_fn(examples) -> list[str]` maps a batch of `Example`s (images decoded) to completion
+texts; the trainer builds it from the sampler with greedy decoding. Predictions, results and
+metrics are written as JSON under `<workdir>/eval/`.
+"""
+
+from vrft_jax.evals.classification import ClassificationEvaluator
+from vrft_jax.evals.common import Evaluator, PredictFn, predict_all
+from vrft_jax.evals.detection import DetectionEvaluator, evaluate_detections
+from vrft_jax.evals.grounding import GroundingEvaluator
+
+__all__ = [
+    "ClassificationEvaluator",
+    "DetectionEvaluator",
+    "Evaluator",
+    "GroundingEvaluator",
+    "PredictFn",
+    "evaluate_detections",
+    "make_evaluators",
+    "predict_all",
+]
+
+_BY_TASK = {
+    "detection": DetectionEvaluator,
+    "classification": ClassificationEvaluator,
+    "grounding": GroundingEvaluator,
+}
+_SOURCE_TASK = {
+    "coco": "detection",
+    "lvis": "detection",
+    "tfds": "classification",
+    "image_folder": "classification",
+    "lisa": "grounding",
+}
+
+
+class _Subset:
+    """The examples of one task from a mixed source (the synthetic "mixed" task, rows)."""
+
+    def __init__(self, source, indices):
+        self.source, self.indices = source, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.source[self.indices[index]]
+
+
+def make_evaluators(config, workdir: str) -> list:
+    """The evaluators for config.data's held-out split, one per task present in it."""
+    from vrft_jax.data import make_source
+
+    source = make_source(
+        config.data, "eval", config.seed, detection_gate=config.eval.detection_gate
+    )
+    common = dict(
+        batch_size=config.eval.batch_size,
+        num_workers=config.data.num_workers,
+        max_bad_fraction=config.data.max_bad_fraction,
+    )
+    task = _SOURCE_TASK.get(config.data.source)
+    if task is not None:
+        return [_BY_TASK[task](source, workdir, name=task, **common)]
+    # synthetic and rows may mix tasks: split by each example's task (from texts, no images).
+    by_task = {}
+    task_at = getattr(source, "task_at", None) or (lambda i: source[i].task)
+    for i in range(len(source)):
+        by_task.setdefault(task_at(i), []).append(i)
+    return [
+        _BY_TASK[t](_Subset(source, idx), workdir, name=t, **common)
+        for t, idx in sorted(by_task.items())
+    ]
