@@ -1,0 +1,154 @@
+"""Tiny random transformers Qwen2-VL models for tests (torch reference; import only where torch
+exists).
+
+`make_tiny_hf(path)` builds a `Qwen2VLForConditionalGeneration` with the real tokenizer's special
+ids and
+vocabulary size, tiny widths, weights rescaled so activations and logits are O(1) (the default 0.02
+init
+makes everything tiny and parity checks meaningless), saves it with `save_pretrained(path)` and
+returns it.
+`hf_logits` runs it on the processor's arrays; `image_prompt` builds token rows with image
+placeholders.
+"""
+
+import numpy as np
+
+IMAGE = 151655
+VISION_START = 151652
+VISION_END = 151653
+PAD = 151643
+
+TINY = dict(
+    vocab_size=151936,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    mrope_section=(2, 3, 3),
+    vision_depth=2,
+    vision_embed_dim=32,
+    vision_num_heads=4,
+)
+
+
+def tiny_hf_config(tie: bool = True, **overrides):
+    from transformers import Qwen2VLConfig
+
+    t = dict(TINY, **overrides)
+    return Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=t["vocab_size"],
+            hidden_size=t["hidden_size"],
+            intermediate_size=t["intermediate_size"],
+            num_hidden_layers=t["num_hidden_layers"],
+            num_attention_heads=t["num_attention_heads"],
+            num_key_value_heads=t["num_key_value_heads"],
+            rms_norm_eps=1e-6,
+            max_position_embeddings=32768,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": list(t["mrope_section"]),
+            },
+            bos_token_id=151643,
+            eos_token_id=151645,
+            pad_token_id=PAD,
+        ),
+        vision_config=dict(
+            depth=t["vision_depth"],
+            embed_dim=t["vision_embed_dim"],
+            num_heads=t["vision_num_heads"],
+            mlp_ratio=4,
+            hidden_size=t["hidden_size"],
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            hidden_act="quick_gelu",
+        ),
+        image_token_id=IMAGE,
+        video_token_id=151656,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=tie,
+    )
+
+
+def rescale_(model, seed: int = 0):
+    """Re-draws every weight so activations are O(1): Linear ~ N(0, 1/fan_in), embeddings ~ N(0, 1),
+    norm weights ~ 1 + 0.1 N, biases ~ 0.1 N."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if "norm" in name or "ln_q" in name:
+                new = 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
+            elif name.endswith("bias"):
+                new = 0.1 * noise
+            elif "embed_tokens" in name:
+                new = noise
+            else:
+                fan_in = int(np.prod(p.shape[1:]))
+                new = noise / np.sqrt(fan_in)
+            p.copy_(new.to(p.dtype))
+    return model
+
+
+def make_tiny_hf(path=None, *, tie: bool = True, seed: int = 0, **overrides):
+    """A rescaled tiny torch Qwen2-VL (eval mode, fp32); saved to `path` with save_pretrained."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(tiny_hf_config(tie, **overrides)).eval()
+    rescale_(model, seed)
+    if path is not None:
+        model.save_pretrained(path)
+    return model
+
+
+def hf_logits(model, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None):
+    """float32 numpy logits [B, T, V] from the torch model (passes mm_token_type_ids for 5.x)."""
+    import torch
+
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    kw = {}
+    if attention_mask is not None:
+        kw["attention_mask"] = torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+    if pixel_values is not None:
+        kw["pixel_values"] = torch.as_tensor(np.asarray(pixel_values), dtype=torch.float32)
+        kw["image_grid_thw"] = torch.as_tensor(np.asarray(image_grid_thw), dtype=torch.long)
+        kw["mm_token_type_ids"] = (ids == IMAGE).long()
+    with torch.no_grad():
+        out = model(input_ids=ids, **kw)
+    return out.logits.float().numpy()
+
+
+def image_prompt(rng, n_text_before: int, grids, n_text_after: int, vocab: int = 151000):
+    """Token ids for one row: text, then per image <vs> + pads (t*h*w/4) + <ve>, then text."""
+    ids = list(rng.integers(0, vocab, n_text_before))
+    for t, h, w in grids:
+        ids += [VISION_START] + [IMAGE] * (t * h * w // 4) + [VISION_END]
+    ids += list(rng.integers(0, vocab, n_text_after))
+    return ids
+
+
+def left_pad(rows, pad_id: int = PAD):
+    """Left-pads lists of ids -> (input_ids int64 [B, T], attention_mask int64 [B, T])."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def random_pixels(rng, grids):
+    """pixel_values float32 [sum t*h*w, 1176] (N(0,1), like normalised pixels) and grid int64 [I,
+    3]."""
+    total = sum(t * h * w for t, h, w in grids)
+    return rng.standard_normal((total, 1176)).astype(np.float32), np.asarray(grids, np.int64)

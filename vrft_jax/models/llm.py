@@ -1,0 +1,140 @@
+"""Qwen2 decoder with M-RoPE: RMSNorm, GQA attention with q/k/v bias, SwiGLU, scanned layers, KV
+cache.
+
+The cache is a plain pytree {"k": [L, B, Tmax, K, D], "v": [L, B, Tmax, K, D]}. A call writes its T
+new
+keys/values at columns cache_index .. cache_index+T-1 (the same columns for every row, since
+prompts are
+left-padded) and attends causally by column, restricted by kv_mask (False = padding).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vrft_jax.models import rope
+from vrft_jax.models.config import Qwen2VLConfig
+from vrft_jax.models.layers import attention, param, rms_norm, scan_layers, values
+
+LAYER_PARAMS = (
+    "input_norm",
+    "q_kernel",
+    "q_bias",
+    "k_kernel",
+    "k_bias",
+    "v_kernel",
+    "v_bias",
+    "o_kernel",
+    "post_norm",
+    "gate_kernel",
+    "up_kernel",
+    "down_kernel",
+)
+
+
+class DecoderLayers(nnx.Module):
+    """`num_hidden_layers` decoder layers stored with a leading `layers` axis."""
+
+    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+        c, dt = config, config.jnp_param_dtype
+        n, e, h, k, d, m = (
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.intermediate_size,
+        )
+        L, E, D = "layers", "embed", "head_dim"
+        self.input_norm = param(None, (n, e), (L, "norm"), dt, "ones")
+        self.q_kernel = param(rngs.params(), (n, e, h, d), (L, E, "heads", D), dt)
+        self.q_bias = param(None, (n, h, d), (L, "heads", D), dt, "zeros")
+        self.k_kernel = param(rngs.params(), (n, e, k, d), (L, E, "kv_heads", D), dt)
+        self.k_bias = param(None, (n, k, d), (L, "kv_heads", D), dt, "zeros")
+        self.v_kernel = param(rngs.params(), (n, e, k, d), (L, E, "kv_heads", D), dt)
+        self.v_bias = param(None, (n, k, d), (L, "kv_heads", D), dt, "zeros")
+        self.o_kernel = param(rngs.params(), (n, h, d, e), (L, "heads", D, E), dt)
+        self.post_norm = param(None, (n, e), (L, "norm"), dt, "ones")
+        self.gate_kernel = param(rngs.params(), (n, e, m), (L, E, "mlp"), dt)
+        self.up_kernel = param(rngs.params(), (n, e, m), (L, E, "mlp"), dt)
+        self.down_kernel = param(rngs.params(), (n, m, e), (L, "mlp", E), dt)
+
+
+def decoder_layer(x, p, cos, sin, mask, eps, implementation, cache_kv=None, cache_index=0):
+    """x [B, T, E] -> (x, (k, v)). With cache_kv ([B, Tmax, K, D] each) the new keys/values are
+    written at cache_index and attention runs over the whole cache; returns the updated cache."""
+    dt = x.dtype
+    h = rms_norm(x, p["input_norm"], eps)
+    q = jnp.einsum("bte,ehd->bthd", h, p["q_kernel"].astype(dt)) + p["q_bias"].astype(dt)
+    k = jnp.einsum("bte,ehd->bthd", h, p["k_kernel"].astype(dt)) + p["k_bias"].astype(dt)
+    v = jnp.einsum("bte,ehd->bthd", h, p["v_kernel"].astype(dt)) + p["v_bias"].astype(dt)
+    q = rope.apply_rotary(q, cos[:, :, None], sin[:, :, None])
+    k = rope.apply_rotary(k, cos[:, :, None], sin[:, :, None])
+    if cache_kv is not None:
+        ck, cv = cache_kv
+        at = (0, cache_index, 0, 0)
+        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), at)
+        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), at)
+        k, v = ck.astype(dt), cv.astype(dt)
+        new_kv = (ck, cv)
+    else:
+        new_kv = None
+    o = attention(q, k, v, mask, implementation)
+    x = x + jnp.einsum("bthd,hde->bte", o, p["o_kernel"].astype(dt))
+    h = rms_norm(x, p["post_norm"], eps)
+    gate = jnp.einsum("bte,em->btm", h, p["gate_kernel"].astype(dt))
+    up = jnp.einsum("bte,em->btm", h, p["up_kernel"].astype(dt))
+    x = x + jnp.einsum("btm,me->bte", jax.nn.silu(gate) * up, p["down_kernel"].astype(dt))
+    return x, new_kv
+
+
+class Decoder(nnx.Module):
+    """Token embedding, decoder layers, final norm and (untied) LM head."""
+
+    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+        c, dt = config, config.jnp_param_dtype
+        self.config = config
+        self.embed_tokens = param(
+            rngs.params(), (c.vocab_size, c.hidden_size), ("vocab", "embed"), dt
+        )
+        self.layers = DecoderLayers(config, rngs)
+        self.norm = param(None, (c.hidden_size,), ("norm",), dt, "ones")
+        if not c.tie_word_embeddings:
+            self.lm_head = param(
+                rngs.params(), (c.hidden_size, c.vocab_size), ("embed", "vocab"), dt
+            )
+
+    def __call__(self, x, positions, kv_mask=None, cache=None, cache_index=0):
+        """x [B, T, E], positions int [3, B, T], kv_mask bool [B, Tk] -> (normed hidden, cache)."""
+        c = self.config
+        dt = c.jnp_compute_dtype
+        x = x.astype(dt)
+        bsz, seq = x.shape[:2]
+        cos, sin = rope.mrope_cos_sin(positions, c.head_dim, c.rope_theta, c.mrope_section, dt)
+        tk = seq if cache is None else cache["k"].shape[2]
+        if kv_mask is None:
+            kv_mask = jnp.ones((bsz, tk), bool)
+        q_cols = jnp.arange(seq) + (0 if cache is None else cache_index)
+        causal = jnp.arange(tk)[None, :] <= q_cols[:, None]  # [T, Tk]
+        mask = causal[None, None] & kv_mask.astype(bool)[:, None, None, :]
+        params = values(self.layers, LAYER_PARAMS)
+
+        def body(x, xs):
+            p, kv = xs
+            return decoder_layer(x, p, cos, sin, mask, c.rms_norm_eps, c.attention, kv, cache_index)
+
+        kv_in = None if cache is None else (cache["k"], cache["v"])
+        x, kv_out = scan_layers(body, x, (params, kv_in), scan=c.scan_layers, remat=c.remat)
+        x = rms_norm(x, self.norm[...], c.rms_norm_eps)
+        new_cache = None if cache is None else {"k": kv_out[0], "v": kv_out[1]}
+        return x, new_cache
+
+    def logits(self, hidden):
+        """float32 [..., V] from normed hidden [..., E]."""
+        dt = self.config.jnp_compute_dtype
+        hidden = hidden.astype(dt)
+        if self.config.tie_word_embeddings:
+            w = self.embed_tokens[...].astype(dt)
+            return jnp.einsum("...e,ve->...v", hidden, w, preferred_element_type=jnp.float32)
+        w = self.lm_head[...].astype(dt)
+        return jnp.einsum("...e,ev->...v", hidden, w, preferred_element_type=jnp.float32)

@@ -1,0 +1,146 @@
+"""The Qwen2-VL model: vision tower + image-feature scatter + M-RoPE decoder + LM head.
+
+Two levels of API:
+- jittable pieces on padded arrays: `encode_images`, `embed`, `decode`, `lm_logits`, `forward`
+  (what the sampler and trainer compose inside their own jitted steps);
+- `__call__`, the convenience contract on the processor's raw arrays: pads on the host to shape
+buckets
+  and runs a cached jitted forward (one compile per bucket combination, counted by `compile_count`).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vrft_jax import buckets
+from vrft_jax.models.config import Qwen2VLConfig, get_preset
+from vrft_jax.models.llm import Decoder
+from vrft_jax.models.rope import get_rope_index
+from vrft_jax.models.vision import VisionTower
+
+TRACE_NAME = "qwen2_vl.forward"
+
+
+class Qwen2VL(nnx.Module):
+    def __init__(
+        self,
+        config: Qwen2VLConfig,
+        *,
+        rngs: nnx.Rngs,
+        prompt_buckets=buckets.DEFAULT_PROMPT_BUCKETS,
+        patch_buckets=buckets.DEFAULT_PATCH_BUCKETS,
+        image_buckets=buckets.DEFAULT_IMAGE_BUCKETS,
+    ):
+        self.config = config
+        self.visual = VisionTower(config, rngs)
+        self.language_model = Decoder(config, rngs)
+        self.prompt_buckets = tuple(prompt_buckets)
+        self.patch_buckets = tuple(patch_buckets)
+        self.image_buckets = tuple(image_buckets)
+
+    # ---- jittable pieces ----------------------------------------------------------------------
+
+    def encode_images(self, pixel_values, image_grid_thw):
+        """Packed pixel_values [S, 1176] (padding patches at the end) + grid [I, 3] -> [S/4, E]."""
+        return self.visual(pixel_values, image_grid_thw)
+
+    def embed(self, input_ids, image_embeds=None):
+        """Token embeddings [B, T, E]; the k-th <|image_pad|> (flat row-major) gets
+        image_embeds[k]."""
+        dt = self.config.jnp_compute_dtype
+        x = jnp.take(self.language_model.embed_tokens[...], input_ids, axis=0).astype(dt)
+        if image_embeds is None:
+            return x
+        is_img = input_ids == self.config.image_token_id
+        k = jnp.cumsum(is_img.reshape(-1)).reshape(is_img.shape) - 1
+        feats = jnp.take(image_embeds.astype(dt), jnp.clip(k, 0, image_embeds.shape[0] - 1), axis=0)
+        return jnp.where(is_img[..., None], feats, x)
+
+    def decode(self, x, positions, kv_mask=None, cache=None, cache_index=0):
+        """x [B, T, E], positions int [3, B, T], kv_mask bool [B, Tk] (Tk = T without a cache, Tmax
+        with one) -> (final-normed hidden [B, T, E], updated cache or None)."""
+        return self.language_model(x, positions, kv_mask, cache, cache_index)
+
+    def lm_logits(self, hidden):
+        """float32 [..., V] from decode's hidden [..., E]."""
+        return self.language_model.logits(hidden)
+
+    def forward(self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None):
+        """Full forward on already padded arrays (jittable) -> float32 logits [B, T, V]."""
+        image_embeds = None
+        if pixel_values is not None:
+            image_embeds = self.encode_images(pixel_values, image_grid_thw)
+        x = self.embed(input_ids, image_embeds)
+        positions, _ = get_rope_index(input_ids, attention_mask, image_grid_thw, self.config)
+        hidden, _ = self.decode(x, positions, attention_mask > 0)
+        return self.lm_logits(hidden)
+
+    # ---- processor-array contract -------------------------------------------------------------
+
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None):
+        """logits float32 [B, T, V] for the processor's arrays (numpy or jax, left-padded batches,
+        unpadded pixel_values [S, 1176] and image_grid_thw [I, 3]); padding happens here."""
+        c = self.config
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, T], got shape {ids.shape}")
+        seq = ids.shape[1]
+        length = buckets.length_bucket(seq, self.prompt_buckets)
+        ids, mask = buckets.pad_left(ids, attention_mask, length, c.pad_token_id)
+        pv = grid = None
+        n_img_tokens = int(((ids == c.image_token_id) & (mask > 0)).sum())
+        if pixel_values is not None:
+            pv, grid = buckets.pad_images(
+                pixel_values, image_grid_thw, self.patch_buckets, self.image_buckets
+            )
+            expected = int(np.prod(grid, axis=1).sum()) // c.merge_unit
+            if n_img_tokens != expected:
+                raise ValueError(
+                    f"{n_img_tokens} <|image_pad|> tokens but image_grid_thw gives {expected} "
+                    "image features"
+                )
+            pv = jnp.asarray(pv, jnp.float32)
+        elif n_img_tokens:
+            raise ValueError(f"{n_img_tokens} <|image_pad|> tokens but no pixel_values given")
+        graphdef, state = nnx.split(self)
+        logits = _forward_jit(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), pv, grid)
+        return logits[:, length - seq :]
+
+
+def _forward(graphdef, state, input_ids, attention_mask, pixel_values, image_grid_thw):
+    buckets.note_trace(TRACE_NAME)  # Python side effect: runs once per compile
+    model = nnx.merge(graphdef, state)
+    return model.forward(input_ids, attention_mask, pixel_values, image_grid_thw)
+
+
+_forward_jit = jax.jit(_forward, static_argnums=0)
+
+
+def compile_count() -> int:
+    """Programs compiled so far by Qwen2VL.__call__ (for tests and logs)."""
+    return buckets.trace_count(TRACE_NAME)
+
+
+def init_cache(config: Qwen2VLConfig, batch: int, max_len: int, dtype=jnp.bfloat16) -> dict:
+    """Empty KV cache {"k", "v"}: [L, B, Tmax, K, D] each."""
+    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def random_qwen2_vl(config_or_preset="tiny", *, seed: int = 0, dtype=None, **kwargs) -> Qwen2VL:
+    """A randomly initialised model (std 0.02 kernels, unit norms, zero biases)."""
+    config = get_preset(config_or_preset) if isinstance(config_or_preset, str) else config_or_preset
+    if dtype is not None:
+        name = jnp.dtype(dtype).name
+        config = config.replace(param_dtype=name, compute_dtype=name)
+    return Qwen2VL(config, rngs=nnx.Rngs(seed), **kwargs)
+
+
+def count_params(model_or_state) -> int:
+    state = (
+        nnx.state(model_or_state, nnx.Param)
+        if isinstance(model_or_state, nnx.Module)
+        else model_or_state
+    )
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
