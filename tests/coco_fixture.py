@@ -43,6 +43,7 @@ def write_images(folder, names):
 def make_coco(root) -> tuple[str, str]:
     """(annotation file, image root) of a 6-image, 3-category COCO-format set."""
     root = str(root)
+    os.makedirs(root, exist_ok=True)
     images = [
         {"id": i, "file_name": f"{i:012d}.png", "width": WIDTH, "height": HEIGHT} for i in BOXES
     ]
@@ -60,6 +61,7 @@ LVIS_NAMES = {1: ("die", "r"), 2: ("kitchen_table", "r"), 3: ("person", "f")}
 def make_lvis(root) -> tuple[str, str]:
     """(annotation file, image root) of the same boxes in LVIS format (federated fields)."""
     root = str(root)
+    os.makedirs(root, exist_ok=True)
     images = []
     for i, boxes in BOXES.items():
         present = {c for c, _, crowd in boxes if not crowd}

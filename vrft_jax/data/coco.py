@@ -12,6 +12,8 @@ judgement instead), "all" (every chosen category on every image), or a path to a
 {image id or file name: [category names]} like the reference's exist_map_*.json.
 """
 
+import contextlib
+import io
 import json
 import os
 
@@ -141,7 +143,8 @@ class CocoDetection:
             ann.setdefault("iscrowd", 0)
         coco = COCO()
         coco.dataset = dataset
-        coco.createIndex()
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
         self.coco, self.image_root = coco, image_root
         self.categories = resolve_categories(categories, dataset)
         self.category_ids = [c["id"] for c in self.categories]

@@ -1,0 +1,75 @@
+"""Helpers shared by the paper configs: the config argument parser, the reference's settings,
+and the `runlocal` shrink.
+
+A config argument is a comma-separated list of `key=value` or bare flags, e.g.
+`configs/coco_fewshot.py:shots=4,model=7b,runlocal`. Unknown keys fail naming the key.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
+    """`"a=1,flag"` -> ConfigDict(a=1, flag=True) with values cast to the defaults' types."""
+    values = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, has_value, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+        kind = type(defaults[key])
+        if kind is bool:
+            values[key] = value.lower() in ("1", "true", "yes") if has_value else True
+        else:
+            values[key] = kind(value) if has_value else kind()
+    return ml_collections.ConfigDict(values)
+
+
+def reference_training(c, model: str = "2b") -> None:
+    """Visual-RFT's scripts and TRL/HF defaults (docs section 3.3) on a base config.
+
+    16 prompts per step (8 GPUs x 1 x 2 accumulation), G = 8 for 2B and 4 for 7B, beta 0.04,
+    lr 1e-6 linear decay, no warmup, AdamW (0.9, 0.999, 1e-8), grad clip 1.0, bf16, temperature
+    1.0, 256 new tokens, max_pixels 401408, seed 42, save every 100 steps; evaluation near-greedy
+    with 1024 new tokens as the reference's inference scripts.
+    """
+    if model not in ("2b", "7b"):
+        raise ValueError(f"model={model!r}: expected 2b or 7b")
+    c.model_init = f"checkpoints/Qwen2-VL-{model.upper()}-Instruct"  # local HF folder
+    c.model.preset = model
+    c.model.param_dtype = "bfloat16"
+    c.model.compute_dtype = "bfloat16"
+    c.input.batch_size = 16
+    c.input.prompt_template = "raw"  # examples carry the reference's full problem text
+    c.input.max_pixels = 401408
+    c.input.min_pixels = 3136
+    c.grpo.G = 8 if model == "2b" else 4
+    c.grpo.beta = 0.04
+    c.grpo.mu = 1
+    c.optim.lr = 1e-6
+    c.optim.schedule = "linear"
+    c.optim.warmup_steps = 0
+    c.sampler.temperature = 1.0
+    c.sampler.max_new_tokens = 256
+    c.ckpt.every = 100
+    c.seed = 42
+    c.eval.max_new_tokens = 1024
+    c.data.num_eval_examples = 0  # the whole test set
+
+
+def shrink_for_local(c) -> None:
+    """runlocal: a few steps of the tiny random model, small batches and evaluation."""
+    c.runlocal = True
+    c.model_init = ""
+    c.model.preset = "tiny"
+    c.model.param_dtype = "float32"
+    c.model.compute_dtype = "float32"
+    c.total_steps = 2
+    c.input.batch_size = 2
+    c.input.max_pixels = 3136 * 4
+    c.grpo.G = 2
+    c.grpo.micro_batch_size = 4
+    c.sampler.max_new_tokens = 32
+    c.eval.max_new_tokens = 32
+    c.eval.batch_size = 2
+    c.data.num_eval_examples = 8
+    c.ckpt.every = 0
