@@ -197,3 +197,13 @@ def test_stand_in_job_reports_consistent_inputs(tmp_path):
     B, T = summary["shapes"]["input_ids"]
     assert B == 3 and T == max(summary["prompt_tokens_per_example"])
     assert summary["special_tokens"]["pad"] == 151643
+
+
+def test_readme_and_ci_run_the_same_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    command = "python -m pytest -q -x --timeout=900 tests"
+    assert f'pip install -e ".[test]" && {command}' in readme
+    assert "\n" + command + "\n" in ci
+    demo = "pip install -e . && python -m vrft_jax.main --config configs/demo.py --workdir"
+    assert demo in readme and (REPO / "configs" / "demo.py").is_file()
