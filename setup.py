@@ -18,6 +18,7 @@ setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "transformers>=4.50",
+        "jinja2>=3.1",  # chat templates (transformers does not require it)
         "safetensors>=0.4",
         "ml-collections>=1.0",
         "absl-py",
