@@ -123,6 +123,9 @@ def get_config(arg=None):
     # ---- Mesh and sharding ----------------------------------------------------------------------
     # Axis sizes; -1 takes the remaining devices. The batch splits over data x fsdp.
     c.mesh = (("data", 1), ("fsdp", -1), ("tensor", 1))
+    # (logical axis, mesh axis or None) pairs overriding sharding.DEFAULT_RULES
+    # (embed/vision_embed -> fsdp; mlp/vision_mlp/heads/kv_heads/vision_heads/vocab -> tensor).
+    c.mesh_rules = ()
 
     # ---- Checkpoints ----------------------------------------------------------------------------
     c.ckpt = ml_collections.ConfigDict()
