@@ -152,3 +152,31 @@ def random_pixels(rng, grids):
     3]."""
     total = sum(t * h * w for t, h, w in grids)
     return rng.standard_normal((total, 1176)).astype(np.float32), np.asarray(grids, np.int64)
+
+
+def rescale_params_(model, seed: int = 0):
+    """The same O(1) re-draw for one of our (torch-free) Flax models, in place."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    rng = np.random.default_rng(seed)
+    flat = []
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name, shape = str(path[-1]), var.shape
+        start = 1 if ("layers" in path or "blocks" in path) else 0
+        noise = rng.standard_normal(shape).astype(np.float32)
+        if "norm" in name or "scale" in name:
+            new = 1.0 + 0.1 * noise
+        elif "bias" in name:
+            new = 0.1 * noise
+        elif name == "embed_tokens":
+            new = noise
+        else:
+            split_out = name in ("q_kernel", "k_kernel", "v_kernel", "qkv_kernel")
+            fan_in = shape[start] if split_out else int(np.prod(shape[start:-1]))
+            new = noise / np.sqrt(fan_in)
+        flat.append((path, var.replace(value=jnp.asarray(new, var.dtype))))
+    nnx.update(model, nnx.from_flat_state(flat))
+    del jax
+    return model
