@@ -79,7 +79,10 @@ def solution_answer(solution) -> str:
 
 def _number(value) -> float | None:
     """A finite float from a JSON/Python number; None for bools, strings, NaN, inf, huge ints."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    kind = type(value)  # exact types: bool (an int subclass) is not a number here
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is not int:
         return None
     try:
         result = float(value)
@@ -89,14 +92,20 @@ def _number(value) -> float | None:
 
 
 def _load(text: str):
-    """JSON first (double quotes), then a Python literal (single quotes); None when neither reads.
+    """JSON (double or swapped single quotes), then a Python literal; None when nothing reads.
 
     Reference: replaced every ' by " and used json.loads, which also accepts NaN and Infinity; those
     still load here and are then rejected as non-finite.
     """
-    for loader in (json.loads, ast.literal_eval):
+    # json on the quote-swapped text first: the same result as a literal for the lists we expect
+    # (no quotes inside strings), and ~30x faster than ast.literal_eval.
+    swapped = text.replace("'", '"')
+    attempts = [(json.loads, swapped), (json.loads, text), (ast.literal_eval, text)]
+    if swapped == text:
+        attempts = attempts[1:]
+    for loader, candidate in attempts:
         try:
-            return loader(text)
+            return loader(candidate)
         except Exception:  # any parse failure (incl. RecursionError, MemoryError) = unreadable
             continue
     return None
@@ -126,16 +135,18 @@ def _entry(item, need_confidence: bool) -> tuple[tuple[float, ...], float] | Non
     """
     if not isinstance(item, dict):
         return None
-    fields = {k.lower(): v for k, v in item.items() if isinstance(k, str)}
-    position = fields.get("position")
+    position, confidence = item.get("Position"), item.get("Confidence")
+    if position is None or confidence is None:  # slow path: other capitalisations of the keys
+        fields = {k.lower(): v for k, v in item.items() if isinstance(k, str)}
+        position, confidence = fields.get("position"), fields.get("confidence")
     if not isinstance(position, list | tuple) or len(position) != 4:
         return None
-    box = tuple(_number(v) for v in position)
-    if any(v is None for v in box):
+    box = tuple([_number(v) for v in position])
+    if None in box:
         return None
     if not need_confidence:
         return box, 1.0
-    confidence = _number(fields.get("confidence"))
+    confidence = _number(confidence)
     if confidence is None:
         return None
     return box, confidence
