@@ -209,3 +209,48 @@ def test_solution_format_round_trip():
     assert detection_solution([]) == "<answer>No Objects</answer>"
     text = detection_solution([(64, 0, 950, 411)])
     assert text == "<answer>[{'Position': [64, 0, 950, 411], 'Confidence': 1}]</answer>"
+
+
+def test_predict_fn_through_the_prompt_processor(tokenizer_dir):
+    """Prompts encode through the shipped tokenizer; a fake generator returns the solutions."""
+    from vrft_jax.evals.predict import make_predict_fn
+    from vrft_jax.inputs import PromptProcessor
+
+    processor = PromptProcessor(tokenizer_dir, min_pixels=3136, max_pixels=3136 * 4)
+    source = SyntheticShapes("mixed", "eval", seed=0, size=56, length=4)
+    shapes = []
+
+    def fake_generate(input_ids, attention_mask, pixel_values, image_grid_thw):
+        shapes.append((input_ids.shape, pixel_values.shape, image_grid_thw.shape))
+        texts = [f"<think>ok</think> <answer>{answers.pop(0)}</answer>" for _ in input_ids]
+        ids = [processor.tokenizer.encode(t) + [processor.special.im_end] for t in texts]
+        width = max(map(len, ids))
+        tokens = np.full((len(ids), width), processor.special.pad, np.int32)
+        mask = np.zeros_like(tokens)
+        for i, row in enumerate(ids):
+            tokens[i, : len(row)], mask[i, : len(row)] = row, 1
+        return tokens, mask
+
+    view = _TaskView(source, "classification")
+    answers = [parsing_answer(e.solution) for e in view.items]
+    evaluator = ClassificationEvaluator(view, batch_size=2)
+    metrics = dict(evaluator.run(make_predict_fn(processor, fake_generate)))
+    assert metrics["classification/accuracy"] == 1.0
+    assert shapes and shapes[0][0][0] == 2 and shapes[0][1][1] == 1176
+
+
+def parsing_answer(solution):
+    from vrft_jax.rewards import parsing
+
+    return parsing.solution_answer(solution)
+
+
+class _TaskView:
+    def __init__(self, source, task):
+        self.items = [source[i] for i in range(len(source)) if source[i].task == task]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
