@@ -348,3 +348,15 @@ def test_score_other_tasks_and_bad_specs():
         )
     with pytest.raises(ValueError, match="classification_match"):
         rewards.classification_reward(["x"], ["y"], match="substring")
+
+
+def test_padding_caps_boxes_by_confidence():
+    answer = det_answer(
+        (A, 0.1), (B, 0.9), (FAR, 0.5), ([0, 0, 10, 10], 0.9), ([0, 0, 20, 20], 0.2)
+    )
+    batch = rewards.parse_detection_batch([completion(answer)], [det_solution(A, B)], num_boxes=3)
+    assert batch.pred_boxes.shape == (8, 3, 4) and batch.gt_boxes.shape == (8, 3, 4)
+    # The three most confident (ties: written order), kept in written order.
+    assert batch.pred_boxes[0].tolist() == [B, FAR, [0, 0, 10, 10]]
+    assert batch.pred_mask.tolist()[0] == [True] * 3 and not batch.pred_mask[1:].any()
+    assert batch.valid.tolist() == [True] + [False] * 7  # padding rows are invalid
