@@ -53,7 +53,10 @@ def parse_flags(argv):
 def describe_bad_override(argv) -> str | None:
     """Which `--config.a.b=...` in argv names a field the config file does not have, and why."""
     path, _, arg = _config_spec(argv).partition(":")  # as config_flags splits "file.py:arg"
-    config = config_utils.load_config_file(path, arg or None)
+    try:
+        config = config_utils.load_config_file(path, arg or None)
+    except Exception:  # the caller reports the original error instead
+        return None
     for a in argv:
         if not a.startswith("--config."):
             continue
