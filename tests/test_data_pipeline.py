@@ -88,3 +88,19 @@ def test_too_many_bad_images_fail_with_paths(tmp_path):
     source = _bad_folder(tmp_path)
     with pytest.raises(DataError, match="max_bad_fraction=0.1"):  # 3 of 21 > 2.1 allowed
         _ids(_pipeline(source, max_bad_fraction=0.1))
+
+
+def test_batch_fn_packs_batches_in_the_prefetch_thread():
+    import numpy as np
+
+    source = SyntheticShapes("classification", "eval", seed=0, size=16, length=6)
+
+    def pack(batch):
+        return {
+            "pixels": np.stack([np.asarray(e.image) for e in batch]),
+            "labels": np.asarray([e.label for e in batch]),
+        }
+
+    packed = list(_pipeline(source, batch_size=4, seed=None, batch_fn=pack))
+    assert [b["pixels"].shape for b in packed] == [(4, 16, 16, 3), (2, 16, 16, 3)]
+    assert packed[0]["labels"].tolist() == [source[i].label for i in range(4)]

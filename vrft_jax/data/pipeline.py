@@ -2,6 +2,7 @@
 
     source -> shuffle(seed) -> this host's slice -> repeat(epochs) -> load image (workers)
            -> skip bad images (counted, logged) -> batches of `batch_size` examples
+           -> optional packing (`batch_fn`, e.g. into model arrays) in a prefetch thread
 
 Each host reads a disjoint slice of the same global permutation (`process_index::process_count`).
 Iterators expose grain's `get_state()` / `set_state()`, so the position can be saved with a
@@ -104,9 +105,11 @@ class Pipeline:
       num_workers: threads that read and decode.
       max_bad_fraction: allowed fraction of bad images of the source.
       preprocess_fn: optional `Example -> Any` run in the workers after decoding.
-      batch_fn: turns a list of items into a batch (default: the list itself).
+      batch_fn: turns a list of items into a batch (default: the list itself), e.g. the prompt
+        processor's packing into model arrays; runs in a background thread.
       process_index, process_count: this host's shard (default: jax.process_index/count()).
       drop_remainder: drop a last smaller batch.
+      prefetch: examples decoded ahead by the workers; prefetch_batches: batches built ahead.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class Pipeline:
         process_count: int | None = None,
         drop_remainder: bool = False,
         prefetch: int = 64,
+        prefetch_batches: int = 2,
     ):
         if process_index is None or process_count is None:
             import jax
@@ -141,8 +145,12 @@ class Pipeline:
         read = grain.ReadOptions(num_threads=max(1, num_workers), prefetch_buffer_size=prefetch)
         ds = ds.to_iter_dataset(read)
         ds = ds.filter(self._keep)
-        self.dataset = ds.batch(
-            batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn or list
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=list)
+        if batch_fn is not None:
+            ds = ds.map(batch_fn)
+        # Batches are assembled (and packed by batch_fn) in a background thread, ahead of use.
+        self.dataset = grain.experimental.ThreadPrefetchIterDataset(
+            ds, prefetch_buffer_size=prefetch_batches
         )
 
     def _keep(self, item) -> bool:
