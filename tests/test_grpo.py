@@ -85,6 +85,13 @@ def test_clipped_surrogate_low_and_high():
     np.testing.assert_array_equal(clipped[:, 0], [True, False, True, False, False])
 
 
+def test_clipped_tokens_get_no_gradient():
+    old = jnp.log(jnp.array([[1.0, 1.0, 1.0]]))
+    ratio = jnp.array([[1.5, 1.1, 0.5]])  # A > 0: clipped above 1.2, inside, below (not clipped)
+    grad = jax.grad(lambda lp: grpo.clipped_surrogate(lp, old, jnp.array([2.0]), 0.2, 0.2)[0].sum())
+    np.testing.assert_allclose(grad(jnp.log(ratio)), [[0.0, -2.2, -1.0]], rtol=1e-6)
+
+
 def test_aggregations_and_micro_batch_sums():
     per_token = jnp.array([[1.0, 2.0, 3.0], [4.0, 0.0, 9.0]])
     mask = jnp.array([[1, 1, 0], [1, 0, 0]])

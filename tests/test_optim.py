@@ -83,6 +83,14 @@ def test_freeze_paths_of_an_nnx_state():
     new, _ = _step(tx, state, jax.tree.map(jnp.ones_like, state))
     np.testing.assert_array_equal(new["visual"]["kernel"][...], state["visual"]["kernel"][...])
     assert not np.allclose(new["llm"]["kernel"][...], state["llm"]["kernel"][...])
+    # The same regex as an nnx filter selects the same Variables.
+    model = Toy(nnx.Rngs(0))
+    frozen = nnx.state(model, nnx.All(nnx.Param, optim.frozen_filter("^visual/")))
+    assert sorted(frozen.keys()) == ["visual"] and sorted(frozen["visual"].keys()) == [
+        "bias",
+        "kernel",
+    ]
+    assert len(jax.tree.leaves(nnx.state(model, optim.frozen_filter("")))) == 0
 
 
 def test_nonfinite_updates_are_skipped_and_counted():

@@ -75,11 +75,23 @@ def trainable_labels(params, freeze):
     return labels
 
 
+def frozen_filter(freeze):
+    """nnx filter (path, value) -> bool: True for the Variables that `freeze` freezes.
+
+    For differentiating only the trainable parameters, e.g.
+    nnx.DiffState(0, nnx.All(nnx.Param, nnx.Not(frozen_filter(freeze)))); the optimizer must then
+    be built over that same trainable subset (with config.freeze irrelevant to it).
+    """
+    pattern = re.compile(freeze) if freeze else None
+    return lambda path, _: bool(pattern and pattern.search("/".join(map(str, path))))
+
+
 def make_optimizer(config, total_steps, params):
     """config = config.optim -> (tx, schedule).
 
     tx: optax transformation over `params` (a pytree or nnx.State; only its structure and paths are
-    used). Updates with any non-finite gradient are skipped and counted (see `nonfinite_counts`).
+    used); its updates take gradients for every parameter (frozen ones may be zeros). Updates with
+    any non-finite gradient are skipped and counted (see `nonfinite_counts`).
     schedule: step -> lr, for logging.
     """
     schedule = make_schedule(config.lr, config.schedule, config.warmup_steps, total_steps)

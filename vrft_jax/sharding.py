@@ -56,7 +56,10 @@ def make_mesh(mesh_config, devices=None):
     """config.mesh -> jax.sharding.Mesh over `devices` (default: all devices of all processes)."""
     devices = jax.devices() if devices is None else list(devices)
     shape = mesh_shape(mesh_config, len(devices))
-    grid = mesh_utils.create_device_mesh(tuple(shape.values()), devices=devices)
+    try:  # topology-aware device order on TPU/GPU
+        grid = mesh_utils.create_device_mesh(tuple(shape.values()), devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        grid = np.array(devices).reshape(tuple(shape.values()))
     return Mesh(grid, tuple(shape.keys()))
 
 
