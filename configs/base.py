@@ -137,7 +137,7 @@ def get_config(arg=None):
     c.eval = ml_collections.ConfigDict()
     c.eval.max_new_tokens = 256  # greedy decoding length for evaluators
     c.eval.batch_size = 16
-    c.eval.detection_gate = "gt"  # which categories each image is asked about: "gt", "all", or an
+    c.eval.detection_gate = "gt"  # categories asked per image: "gt", "verified" (LVIS), "all", an
     # exist-map JSON path {image id or file name: [names]} (the reference gates with its baseline)
 
     return c

@@ -3,7 +3,7 @@ r"""Few-shot COCO detection: the paper's 8 categories with K images each (Table 
 Categories: bus, train, fire hydrant, stop sign, cat, dog, bed, toilet. Training examples are one
 (image, category) pair each with every box of that category (0..1000 ints), K images per category
 drawn deterministically from train2017 (seed 42; the paper's own draw is not released; the 4-shot
-rows are on the Hub as laolao77/ViRFT_COCO_8_cate_4_shot, usable with configs/rows). Evaluation:
+rows are on the Hub as laolao77/ViRFT_COCO_8_cate_4_shot, usable with configs/rows.py). Evaluation:
 val2017, mean over the 8 categories of COCOeval per-category AP (`detection/map`, a fraction).
 The reference asks each image only about categories its baseline model judged present (an exist
 map); by default we ask about the categories with ground truth (`eval.detection_gate="gt"`), or

@@ -2,7 +2,7 @@ r"""Open-vocabulary COCO detection: train on 65 base categories, test on 15 nove
 
 Training: 6000 (image, category) examples drawn from train2017 over the 65 base categories
 (the paper "randomly sampled 6K annotations"; its draw is not released, ours is seed 42;
-laolao77/ViRFT_COCO_base65 on the Hub can be used with configs/rows instead), 2 epochs of 16
+laolao77/ViRFT_COCO_base65 on the Hub can be used with configs/rows.py instead), 2 epochs of 16
 prompts per step = 750 steps as the reference's base65 script. Evaluation on val2017 over the 15
 novel categories (mouse, fork, hot dog, cat, airplane, suitcase, parking meter, sandwich, train,
 hair drier, toilet, toaster, snowboard, frisbee, bear): `detection/map` is mAP_n. Use

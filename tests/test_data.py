@@ -91,6 +91,10 @@ def test_lvis_paths_rare_set_and_verified_negatives(tmp_path):
     e = src[0]
     assert e.image.endswith(os.path.join("val2017", f"{e.image_id:012d}.png"))
     assert os.path.exists(e.image) and e.category in ("die", "kitchen table")
+    verified = CocoDetection(ann, root, mode="eval", categories=("lvis_rare",), gate="verified")
+    positives = CocoDetection(ann, root, mode="eval", categories=("lvis_rare",))
+    extra = sorted(set(verified.pairs) - set(positives.pairs))
+    assert extra == [(2, 2), (3, 2), (4, 1), (5, 1), (5, 2), (6, 1)]  # verified-absent pairs
     for i in range(len(src)):
         e = src[i]
         if not e.boxes:  # negatives only from categories verified absent

@@ -21,6 +21,7 @@ PAPER_CONFIGS = {
         "dataset=aircraft,runlocal",
     ],  # fmt: skip
     "lisa": ["", "runlocal"],
+    "rows": ["", "task=classification,runlocal"],
 }
 
 

@@ -8,7 +8,9 @@ category (`shots`; the K-shot subset is a prefix of the 2K-shot one for the same
 a random `max_examples` subset (the paper's "6K annotations"), optionally one "No Objects" negative
 per image. Evaluation ("eval" mode): which categories each image is asked about is the `gate`:
 "gt" (those with ground truth in the image; the paper gates with the baseline model's own
-judgement instead), "all" (every chosen category on every image), or a path to a JSON exist map
+judgement instead, so "gt" never asks about absent categories and is optimistic), "verified"
+(LVIS: "gt" plus the categories verified absent, `neg_category_ids`, so false positives count),
+"all" (every chosen category on every image), or a path to a JSON exist map
 {image id or file name: [category names]} like the reference's exist_map_*.json.
 """
 
@@ -187,10 +189,18 @@ class CocoDetection:
     def _gated_pairs(self, gate, present):
         if gate == "gt":
             return sorted((img, cat) for img, cats in present.items() for cat in cats)
+        if gate == "verified":  # LVIS: also ask about categories verified absent (federated)
+            chosen = set(self.category_ids)
+            pairs = {(img, cat) for img, cats in present.items() for cat in cats}
+            for img, image in self.coco.imgs.items():
+                pairs.update((img, c) for c in image.get("neg_category_ids", []) if c in chosen)
+            return sorted(pairs)
         if gate == "all":
             return [(img, cat) for img in sorted(self.coco.imgs) for cat in self.category_ids]
         if not os.path.exists(gate):
-            raise DataError(f"config.eval.detection_gate={gate!r}: not gt, all or a JSON file")
+            raise DataError(
+                f"config.eval.detection_gate={gate!r}: not gt, verified, all or a JSON file"
+            )
         with open(gate, encoding="utf-8") as f:
             exist_map = json.load(f)
         id_of_name = {c["name"]: c["id"] for c in self.categories}
