@@ -17,7 +17,7 @@ import numpy as np
 
 COORD_MAX = 1000.0  # boxes are integers normalised to 0..1000 by image width/height
 MAX_ANSWER_CHARS = 20_000  # longer answers are not parsed (a 256-token answer is ~1-2k chars)
-_MAX_REPAIR_TRIES = 64  # truncation repair tries at most this many cut points
+_MAX_REPAIR_TRIES = 4  # cut points tried by truncation repair (each is a full parse)
 
 # Reference: the same pattern with re.fullmatch(..., re.DOTALL); we also strip the completion so a
 # trailing newline or space does not cost the format reward.
