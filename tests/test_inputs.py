@@ -1,6 +1,9 @@
 """Prompt inputs: chat template, image tokens, batching with left padding, bad image files."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import jinja2
 import numpy as np
@@ -220,3 +223,38 @@ def test_decode_stops_at_eos_and_skips_special_tokens(processor):
     assert processor.decode(np.array([row1, row2])) == ["hello <answer>x</answer>"] * 2
     mask = np.ones((1, len(row1)), np.int32)
     assert processor.decode(np.array([row1]), mask) == ["hello <answer>x</answer> junk"]
+
+
+NO_TORCH_SCRIPT = """
+import importlib.abc, importlib.util, sys
+BLOCKED = ("torch", "torchvision")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+_find_spec = importlib.util.find_spec
+def find_spec(name, package=None):
+    return None if name.split(".")[0] in BLOCKED else _find_spec(name, package)
+importlib.util.find_spec = find_spec
+sys.meta_path.insert(0, Block())
+import numpy as np
+from vrft_jax.inputs import PromptProcessor
+p = PromptProcessor(sys.argv[1], min_pixels=3136, max_pixels=401408)
+b = p.encode_batch([([np.zeros((60, 90, 3), np.uint8)], "hi")])
+assert b["pixel_values"].shape == (24, 1176) and "torch" not in sys.modules
+print("ok without torch")
+"""
+
+
+def test_works_without_torch(tokenizer_dir):
+    """Hosts that only prepare data (no torch, no torchvision) can build inputs."""
+    repo = str(pathlib.Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_SCRIPT, tokenizer_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "ok without torch" in proc.stdout, proc.stderr[-2000:]
