@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -58,10 +59,22 @@ def toy_reference(steps: int):
 
 
 def toy_main(workdir: str, total: int, every: int, sleep: float) -> int:
-    """The loop the preemption tests run: resume, step, save every `every`, stop on SIGTERM."""
+    """The loop the preemption tests run: resume, step, save every `every`, stop on SIGTERM.
+
+    With TOY_COORDINATOR/TOY_PROCESS_ID set it is one of two processes joined by jax.distributed
+    (gloo), holding the state replicated over both processes' devices.
+    """
+    if os.environ.get("TOY_COORDINATOR"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            os.environ["TOY_COORDINATOR"], 2, int(os.environ["TOY_PROCESS_ID"])
+        )
+    state = toy_init()
+    if os.environ.get("TOY_COORDINATOR"):  # built in place: global arrays over both processes
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        state = jax.jit(toy_init, out_shardings=NamedSharding(mesh, P()))()
     ckpt_lib.check_workdir(workdir)
     ckpt = ckpt_lib.Checkpointer(workdir, every=every, keep=2, async_save=True)
-    state = toy_init()
     if ckpt.latest_step() is not None:
         state, extra = ckpt.restore(ckpt_lib.abstract_like(state))
         assert extra["data_position"] == int(state["step"]), extra
@@ -88,8 +101,9 @@ def toy_main(workdir: str, total: int, every: int, sleep: float) -> int:
     return 0
 
 
-def _start_toy(workdir, total, every, sleep):
+def _start_toy(workdir, total, every, sleep, **env_extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS="")
+    env.update(env_extra)
     cmd = [sys.executable, os.path.abspath(__file__), str(workdir), str(total), str(every)]
     return subprocess.Popen(
         cmd + [str(sleep)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -167,6 +181,38 @@ def test_sigkill_resumes_to_the_same_final_state_and_metrics(tmp_path):
     assert sorted(logged) == list(range(1, total + 1))
     np.testing.assert_array_equal([logged[s] for s in range(1, total + 1)], ref_metrics)
     assert ckpt_lib.Checkpointer(tmp_path, every=every, keep=2).all_steps() == [35, 40]
+
+
+def test_sigterm_on_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+    """Two processes joined by jax.distributed (gloo): JAX's preemption service spreads one
+    host's SIGTERM so both stop, save together and exit 0 at the same step."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = "--xla_force_host_platform_device_count=2"
+    procs = [
+        _start_toy(
+            tmp_path,
+            100000,
+            0,
+            0.02,
+            XLA_FLAGS=flags,
+            TOY_COORDINATOR=f"127.0.0.1:{port}",
+            TOY_PROCESS_ID=str(i),
+        )
+        for i in range(2)
+    ]
+    _wait_for_line(procs[1], "step 3")
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    stopped = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        stopped.append(int(out.split("after step ")[1].split(";")[0]))
+    assert stopped[0] == stopped[1]
+    state, extra = _restore_toy(tmp_path)  # saved by 2 processes, restored by this one
+    assert int(state["step"]) == stopped[0] == extra["data_position"]
+    _assert_states_equal(state, toy_reference(stopped[0])[0])
 
 
 # ---- Sharded round trip across device counts ----------------------------------------------------

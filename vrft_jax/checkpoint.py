@@ -44,6 +44,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 CHECKPOINT_SUBDIR = "checkpoints"
 DEFAULT_MIN_FREE_BYTES = 64 * 2**20  # refuse to start a run with less free disk than this
@@ -311,6 +312,7 @@ def _restore(mgr, directory: epath.Path, abstract_state, step: int | None):
     if metadata is None:
         raise CheckpointError(f"checkpoint {source} has no readable 'state' item.")
     check_tree_matches(abstract_state, getattr(metadata, "tree", metadata), source)
+    abstract_state = _with_default_sharding(abstract_state)
     args = ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()
     )
@@ -321,10 +323,28 @@ def _restore(mgr, directory: epath.Path, abstract_state, step: int | None):
     return restored["state"], dict(restored["extra"] or {})
 
 
+def _with_default_sharding(abstract_state):
+    """Leaves given without a sharding are restored replicated on every device.
+
+    (Orbax would otherwise try the saved device ids, which fails on another topology.)
+    """
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("all",)), PartitionSpec())
+
+    def fill(x):
+        if getattr(x, "sharding", None) is not None:
+            return x
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
+
+    return jax.tree.map(fill, abstract_state)
+
+
 def abstract_like(state, shardings=None):
-    """ShapeDtypeStructs of `state`, optionally with a matching pytree of target `shardings`."""
+    """ShapeDtypeStructs of `state` with its own shardings, or a matching pytree of `shardings`."""
     if shardings is None:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            state,
+        )
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
