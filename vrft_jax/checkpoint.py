@@ -155,7 +155,10 @@ def _finished_steps(directory: epath.Path) -> list[int]:
 
 
 def _is_step_dir(path: epath.Path) -> bool:
-    return (path / "state").is_dir()
+    """A finished step: locally Orbax renames a temporary folder when done; on GCS it writes a
+    commit_success.txt marker last instead."""
+    done = (path / "state").is_dir()
+    return done and (not _is_remote(path) or (path / "commit_success.txt").exists())
 
 
 # ---- Tree checks --------------------------------------------------------------------------------
@@ -168,10 +171,10 @@ def _key_name(entry) -> str:
     return str(entry)
 
 
-def _flat_shapes(tree, is_leaf=None) -> dict[str, tuple[int, ...]]:
-    """{"params/layer/w": shape} for every leaf; namedtuples and dicts share the same key names."""
+def _flat(tree, is_leaf=None) -> dict:
+    """{"params/layer/w": leaf}; namedtuples (optax states) and dicts give the same key names."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
 def _stored_shape(leaf) -> tuple[int, ...]:
@@ -186,14 +189,9 @@ def check_tree_matches(abstract_state, stored_tree, source: str) -> None:
 
     `stored_tree` is Orbax's metadata tree (leaves with `.shape`); `abstract_state` is the model's.
     """
-    want = {
-        k: _stored_shape(leaf)
-        for k, leaf in zip(
-            _flat_shapes(abstract_state),
-            jax.tree_util.tree_leaves(abstract_state),
-        )
-    }
-    have = _flat_shapes(stored_tree, is_leaf=lambda x: hasattr(x, "shape"))
+    want = {k: _stored_shape(x) for k, x in _flat(abstract_state).items()}
+    stored = _flat(stored_tree, is_leaf=lambda x: hasattr(x, "shape"))
+    have = {k: tuple(x.shape) for k, x in stored.items()}
     # Parameters first: a wrong model size shows up there under the most telling name.
     for key in sorted(set(want) | set(have), key=lambda k: (not k.startswith("params/"), k)):
         if key not in have:
