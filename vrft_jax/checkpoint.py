@@ -17,20 +17,30 @@ Resume precedence (`resolve_init_source`), first match wins:
 
 Restoring takes the abstract target state: `jax.ShapeDtypeStruct(shape, dtype, sharding=...)`
 leaves carrying the *current* mesh's shardings, so a checkpoint saved on 8 devices restores onto 4
-or 1 (Orbax reads each device's slice from the saved chunks).
+or 1 (Orbax reads each device's slice from the saved chunks). Leaves without a sharding are
+restored replicated on every device.
 
-Use in a training loop (see also `vrft_jax.preemption.PreemptionGuard`):
+Use in a training loop (`PreemptionGuard` is in `vrft_jax.preemption`):
 
-    check_workdir(workdir)
+    check_workdir(workdir)  # unwritable or full disk: fail now, naming the path
     ckpt = Checkpointer(workdir, every=config.ckpt.every, keep=config.ckpt.keep,
                         async_save=config.ckpt.async_save)
-    if ckpt.latest_step() is not None:
+    source, path = resolve_init_source(workdir, config)
+    if source == "workdir":
         state, extra = ckpt.restore(abstract_state)
-    for step in range(start, total):
-        state = train_step(state, batch)
-        ckpt.save(step + 1, state, {"data": it.get_state(), ...})  # only every N steps
-        if guard.should_stop(step + 1):
-            ckpt.save(step + 1, state, extra, force=True); ckpt.close(); exit 0
+    elif source == "resume":
+        state, extra = restore_checkpoint(path, abstract_state)
+    # "hf": load the weights from `path`; "random": init from config.model.preset.
+    with PreemptionGuard() as guard:
+        for step in range(int(state["step"]), total):
+            state = train_step(state, batch)
+            extra = {"data": iterator_state, "model": model_config_dict}
+            ckpt.save(step + 1, state, extra)  # writes only every `every` steps
+            if guard.should_stop(step + 1):  # SIGTERM: save now, exit 0
+                ckpt.save(step + 1, state, extra, force=True)
+                ckpt.close()
+                print(guard.stop_message(step + 1, str(ckpt.directory)))
+                return
     ckpt.save(total, state, extra, force=True)
     ckpt.close()
 """
