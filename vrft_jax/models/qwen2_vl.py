@@ -128,13 +128,39 @@ def init_cache(config: Qwen2VLConfig, batch: int, max_len: int, dtype=jnp.bfloat
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def random_qwen2_vl(config_or_preset="tiny", *, seed: int = 0, dtype=None, **kwargs) -> Qwen2VL:
-    """A randomly initialised model (std 0.02 kernels, unit norms, zero biases)."""
+def random_qwen2_vl(
+    config_or_preset="tiny", *, seed: int = 0, dtype=None, sharding=None, **kwargs
+) -> Qwen2VL:
+    """A randomly initialised model: kernels N(0, 0.02), norm weights 1, biases 0.
+
+    Drawn on the host with numpy one parameter at a time (eager JAX initialisation of the
+    151936-row embedding is slow on CPU), each placed straight onto `sharding(names, shape)` if
+    given (see models.partitioning.path_sharding_fn). `Qwen2VL(config, rngs=...)` also works, e.g.
+    under jax.jit with out_shardings.
+    """
     config = get_preset(config_or_preset) if isinstance(config_or_preset, str) else config_or_preset
     if dtype is not None:
         name = jnp.dtype(dtype).name
         config = config.replace(param_dtype=name, compute_dtype=name)
-    return Qwen2VL(config, rngs=nnx.Rngs(seed), **kwargs)
+    abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0), **kwargs))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(seed)
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+        name = str(path[-1])
+        if "norm" in name or name.endswith("scale"):
+            host = np.ones(var.shape, np.float32)
+        elif name.endswith("bias"):
+            host = np.zeros(var.shape, np.float32)
+        else:
+            host = 0.02 * rng.standard_normal(var.shape, np.float32)
+        host = host.astype(var.dtype)
+        target = (
+            None if sharding is None else sharding(var.get_metadata()["out_sharding"], var.shape)
+        )
+        value = jax.device_put(host, target) if target is not None else jnp.asarray(host)
+        flat.append((path, var.replace(value=value)))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def count_params(model_or_state) -> int:
