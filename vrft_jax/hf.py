@@ -225,7 +225,8 @@ def _hub_tensors(model: Qwen2VL):
         template, _, to_hf = table[_path_str(p)]
         value = var[...]
         if "{i}" not in template:
-            yield template, np.asarray(to_hf(np.asarray(value)))
+            # Contiguous copy: safetensors.numpy writes a transposed view's memory, not its values.
+            yield template, np.ascontiguousarray(to_hf(np.asarray(value)))
             continue
         for i in range(value.shape[0]):
             yield template.format(i=i), np.ascontiguousarray(to_hf(np.asarray(value[i])))
