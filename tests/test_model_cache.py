@@ -1,11 +1,11 @@
-"""KV-cache decoding equals the full forward (prefill with images + left padding, then step by step)."""
+"""KV-cache decoding equals the full forward (prefill with images, left padding, then steps)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tiny_hf
 from flax import nnx
 
-import tiny_hf
 from vrft_jax.models import get_rope_index, init_cache, random_qwen2_vl
 
 
