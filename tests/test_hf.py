@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # noqa: E402
+import tiny_hf  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-import tiny_hf  # noqa: E402
 from vrft_jax import hf  # noqa: E402
 
 BUCKETS = dict(prompt_buckets=(64,), patch_buckets=(256,), image_buckets=(4,))
