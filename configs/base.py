@@ -45,12 +45,13 @@ def get_config(arg=None):
     c.input.classification_subject = "aircraft"  # which classification sentence (see prompts.py)
     c.input.max_prompt_length = 1024  # prompts longer than this fail loudly (never truncated)
     c.input.batch_size = 16  # prompts per optimizer step (B); reference: 8 GPUs x 1 x 2 accum
-    c.input.prompt_buckets = (64, 128, 256, 512, 1024)  # padded prompt lengths (T) to bound compiles
+    c.input.prompt_buckets = (64, 128, 256, 512, 1024)  # padded prompt lengths (T)
     c.input.patch_buckets = (256, 1024, 2048, 4096, 8192)  # padded patch counts (S) per batch
 
     # ---- Data -----------------------------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # "synthetic", "rows", "coco", "lvis", "tfds", "image_folder", "lisa"
+    # source: "synthetic", "rows", "coco", "lvis", "tfds", "image_folder", "lisa"
+    c.data.source = "synthetic"
     c.data.path = ""  # parquet/jsonl rows, annotation JSON, LISA JSON, or image folder root
     c.data.image_root = ""  # folder the rows' / annotations' image paths are relative to
     c.data.tfds_name = ""  # e.g. "oxford_flowers102" (prepared locally, no download)
@@ -97,7 +98,8 @@ def get_config(arg=None):
     c.grpo.mu = 1  # policy updates per rollout batch; old log-probs recomputed when mu > 1
     c.grpo.advantage = "grpo"  # "grpo" (r-mean)/(std+1e-4), "dr_grpo" (no std), "rloo"
     c.grpo.kl_estimator = "k3"  # "k1", "k2", "k3"
-    c.grpo.loss_aggregation = "seq_mean_token_mean"  # or "token_mean" (DAPO), "seq_mean_token_sum_norm"
+    # "seq_mean_token_mean" (reference), "token_mean" (DAPO), "seq_mean_token_sum_norm" (Dr. GRPO)
+    c.grpo.loss_aggregation = "seq_mean_token_mean"
     c.grpo.drop_zero_variance_groups = False  # skip groups whose G rewards are all equal
     c.grpo.micro_batch_size = 8  # sequences per forward/backward (gradient accumulation)
     c.grpo.ref_dtype = "bfloat16"  # frozen reference copy (absent when beta == 0)
