@@ -1,0 +1,311 @@
+r"""Export a training checkpoint as a Hugging Face Qwen2-VL folder.
+
+    python -m vrft_jax.tools.export_hf --workdir DIR --out OUT [--step N] [--dtype bfloat16]
+
+or, from Python, `export_hf(workdir, out, step=None) -> out`.
+
+Reads `DIR/config.json` (written by `vrft_jax.main`) and the parameters of the latest (or the
+chosen) step in `DIR/checkpoints` (only the parameters are read, not the optimizer state), rebuilds
+the model, and writes into OUT:
+  - config.json + model.safetensors (`hf.save_qwen2_vl`, the hub key names), which
+    `transformers.Qwen2VLForConditionalGeneration.from_pretrained(OUT)` loads;
+  - the tokenizer / processor files of the run: `config.tokenizer`, else `config.model_init` when it
+    holds them, else the Qwen2-VL files shipped with the package (`--tokenizer` overrides);
+  - generation_config.json with the run's own sampling settings (`config.sampler`: temperature,
+    top_k, top_p; by default 1.0 / 0 / 1.0, i.e. plain sampling), every one written out.
+
+Why the generation config matters: Qwen2-VL-Instruct folders ship `top_k=1, top_p=0.001,
+temperature=0.01`, and recent transformers merge the model's generation config into any
+`generate()` call that leaves a field unset. Sampling from such a folder is then silently
+near-greedy: all G samples of a GRPO group come out equal, every advantage is 0 and training stalls
+(Visual-RFT issue #122). The exported folder sets top_k, top_p and temperature explicitly, so
+nothing near-greedy is inherited; for greedy evaluation pass `do_sample=False`.
+
+The model shape comes from the checkpoint's JSON extra when it records one ("model": a Qwen2-VL
+config dict), else from the run config (`model_init`'s config.json, else `model.preset`); the
+checkpoint's parameters must match it (a mismatch names the first differing key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import uuid
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from vrft_jax import config_utils, hf
+from vrft_jax.checkpoint import CHECKPOINT_SUBDIR, CheckpointError, check_tree_matches
+from vrft_jax.models.config import Qwen2VLConfig, get_preset
+from vrft_jax.models.qwen2_vl import Qwen2VL
+
+# Tokenizer and processor files copied next to the weights (whichever the folder has).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "processor_config.json",
+)
+
+
+# ---- Reading the run ----------------------------------------------------------------------------
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    """Finished checkpoint steps in WORKDIR/checkpoints (unfinished temporary folders skipped)."""
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    if not os.path.isdir(directory):
+        return []
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    mgr = ocp.CheckpointManager(directory, options=options)
+    try:
+        return sorted(mgr.all_steps())
+    finally:
+        mgr.close()
+
+
+def _choose_step(workdir, step: int | None) -> int:
+    steps = checkpoint_steps(workdir)
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    if not steps:
+        raise FileNotFoundError(
+            f"no finished checkpoint in {directory!r}: is {workdir!r} a training workdir, and did "
+            "the run save at least once (config.ckpt.every, or the end of the run)?"
+        )
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"checkpoint step {step} not in {directory!r} (have {steps}).")
+    return step
+
+
+def read_run_config(workdir):
+    """The run's config (WORKDIR/config.json as `vrft_jax.main` wrote it)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path!r} does not exist: export needs the run's config.json (vrft_jax.main writes "
+            "it into the workdir)."
+        )
+    return config_utils.read_config_json(path)
+
+
+def model_config_for(run_config, extra: dict) -> Qwen2VLConfig:
+    """The Qwen2-VL shape of the run: checkpoint extra "model", else model_init, else the preset."""
+    recorded = extra.get("model")
+    if isinstance(recorded, dict) and recorded.get("model_type") == "qwen2_vl":
+        return Qwen2VLConfig.from_hf(recorded)
+    if isinstance(recorded, dict) and {"vocab_size", "hidden_size"} <= set(recorded):
+        fields = {f.name for f in dataclasses.fields(Qwen2VLConfig)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in fields}
+        return Qwen2VLConfig(**kw)
+    if run_config.model_init:
+        return hf.read_config(os.path.expanduser(run_config.model_init))
+    return get_preset(run_config.model.preset)
+
+
+def _read_extra(step_dir: str) -> dict:
+    if not os.path.isdir(os.path.join(step_dir, "extra")):
+        return {}
+    try:
+        extra = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+            os.path.join(step_dir, "extra")
+        )
+    except Exception as e:  # Orbax raises many types for damaged files
+        raise CheckpointError(f"checkpoint {step_dir!r}: unreadable 'extra' item: {e}") from e
+    return dict(extra or {})
+
+
+def _read_params(step_dir: str, abstract_params: dict) -> dict:
+    """The "params" subtree of the step's train state as host numpy arrays (nothing else read).
+
+    abstract_params: ShapeDtypeStructs of the model's parameters (pure dict); shapes are checked
+    against the checkpoint first, dtypes come from the checkpoint.
+    """
+    state_dir = os.path.join(step_dir, "state")
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    try:
+        stored = checkpointer.metadata(state_dir).item_metadata.tree
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {step_dir!r} is unreadable: {e}") from e
+    if not isinstance(stored, dict) or "params" not in stored:
+        raise CheckpointError(
+            f"checkpoint {step_dir!r} has no 'params' entry (not a vrft_jax train state)."
+        )
+    check_tree_matches({"params": abstract_params}, {"params": stored["params"]}, repr(step_dir))
+    target = {
+        "params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored["params"])
+    }
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    try:
+        return checkpointer.restore(state_dir, args=args)["params"]
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {step_dir!r} is unreadable: {e}") from e
+
+
+def restore_model(workdir, step: int | None = None, *, dtype=None, to_device: bool = True):
+    """(Qwen2VL with the checkpoint's parameters, step, extra) for a training workdir.
+
+    dtype: parameter and compute dtype (default: the checkpoint's parameter dtype). to_device=False
+    keeps the parameters as host numpy arrays (enough for writing them out; no device copy).
+    """
+    workdir = os.path.abspath(os.path.expanduser(str(workdir)))
+    run_config = read_run_config(workdir)
+    step = _choose_step(workdir, step)
+    step_dir = os.path.join(workdir, CHECKPOINT_SUBDIR, str(step))
+    extra = _read_extra(step_dir)
+    config = model_config_for(run_config, extra)
+
+    shapes = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0)))
+    params = _read_params(step_dir, nnx.to_pure_dict(nnx.state(shapes, nnx.Param)))
+    name = jnp.dtype(dtype or jax.tree.leaves(params)[0].dtype).name
+    params = jax.tree.map(lambda x: np.asarray(x).astype(name, copy=False), params)
+    if to_device:
+        params = jax.tree.map(jnp.asarray, params)
+    config = config.replace(param_dtype=name, compute_dtype=name)
+    graphdef, abstract, rest = nnx.split(
+        nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0))), nnx.Param, ...
+    )
+    nnx.replace_by_pure_dict(abstract, params)
+    return nnx.merge(graphdef, abstract, rest), step, extra
+
+
+# ---- Writing the folder -------------------------------------------------------------------------
+
+
+def generation_config(model_config: Qwen2VLConfig, sampler=None) -> dict:
+    """generation_config.json: every sampling field explicit (see the module docstring)."""
+    eos = [model_config.eos_token_id]
+    if model_config.pad_token_id not in eos:
+        eos.append(model_config.pad_token_id)  # <|endoftext|> also ends a sequence
+    return {
+        "bos_token_id": model_config.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": model_config.pad_token_id,
+        "do_sample": True,
+        "temperature": float(sampler.temperature) if sampler else 1.0,
+        "top_k": int(sampler.top_k) if sampler else 0,
+        "top_p": float(sampler.top_p) if sampler else 1.0,
+    }
+
+
+def tokenizer_dir_for(run_config, override: str | None = None) -> str:
+    folder = os.path.expanduser(override) if override else None
+    folder = folder or config_utils.resolve_tokenizer_dir(run_config)
+    if not os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
+        raise FileNotFoundError(
+            f"tokenizer folder {folder!r} (from the run config) has no tokenizer_config.json; "
+            "pass --tokenizer with the run's tokenizer folder."
+        )
+    return folder
+
+
+def _prepare_out(out: str, overwrite: bool) -> str:
+    """A fresh temporary folder next to `out` (renamed to `out` when complete)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"export folder {out!r} exists and is a file.")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise FileExistsError(
+            f"export folder {out!r} exists and is not empty; choose another --out or pass "
+            "--overwrite."
+        )
+    tmp = f"{out.rstrip(os.sep)}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        os.makedirs(tmp)
+    except OSError as e:
+        raise OSError(
+            e.errno, f"cannot write the export folder {out!r}: {e.strerror or e} (at {tmp!r})"
+        ) from e
+    return tmp
+
+
+def export_hf(
+    workdir,
+    out,
+    step: int | None = None,
+    *,
+    dtype: str | None = None,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Writes checkpoint `step` (default: latest) of `workdir` as a Hugging Face folder `out`.
+
+    dtype: saved weight dtype ("float32", "bfloat16"; default: the checkpoint's). Returns `out`.
+    The folder is written under a temporary name and renamed when complete, so a failed export
+    never leaves a half-written `out`.
+    """
+    workdir = os.path.abspath(os.path.expanduser(str(workdir)))
+    out = os.path.abspath(os.path.expanduser(str(out)))
+    run_config = read_run_config(workdir)
+    token_dir = tokenizer_dir_for(run_config, tokenizer)
+    _choose_step(workdir, step)  # fail on a missing step before touching `out`
+    tmp = _prepare_out(out, overwrite)
+    try:
+        model, step, _ = restore_model(workdir, step, dtype=dtype, to_device=False)
+        hf.save_qwen2_vl(model, tmp)
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(token_dir, name)):
+                shutil.copy2(os.path.join(token_dir, name), os.path.join(tmp, name))
+        sampler = run_config.get("sampler")
+        with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+            json.dump(generation_config(model.config, sampler), f, indent=2)
+        with open(os.path.join(tmp, "vrft_export.json"), "w") as f:
+            json.dump({"workdir": workdir, "step": step, "tokenizer": token_dir}, f, indent=2)
+        if os.path.isdir(out):
+            shutil.rmtree(out)  # empty, or --overwrite
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---- Command line -------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vrft_jax.tools.export_hf",
+        description="Write a vrft_jax training checkpoint as a Hugging Face Qwen2-VL folder.",
+    )
+    parser.add_argument("--workdir", required=True, help="the training run's --workdir")
+    parser.add_argument("--out", required=True, help="folder to write (must be new or empty)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: as saved)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the run's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    args = parser.parse_args(argv)
+    try:
+        path = export_hf(
+            args.workdir,
+            args.out,
+            args.step,
+            dtype=args.dtype,
+            tokenizer=args.tokenizer,
+            overwrite=args.overwrite,
+        )
+    except (OSError, CheckpointError, ValueError) as e:
+        print(f"export_hf: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
