@@ -22,6 +22,7 @@ def get_config(arg=None):
     c.sample_every = 10  # write a few completions with their rewards every N steps
     c.num_logged_samples = 4  # how many completions each time
     c.eval_every = 0  # run the evaluators every N steps (0 = only at the end)
+    c.eval_at_start = False  # also evaluate before training (and after an SFT warm-up)
     c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU launches)
     c.runlocal = False  # shrink a paper config to run on a laptop
 
@@ -103,11 +104,14 @@ def get_config(arg=None):
     c.grpo.drop_zero_variance_groups = False  # skip groups whose G rewards are all equal
     c.grpo.micro_batch_size = 8  # sequences per forward/backward (gradient accumulation)
     c.grpo.ref_dtype = "bfloat16"  # frozen reference copy (absent when beta == 0)
+    c.grpo.advantage_sign = 1.0  # -1 flips the policy gradient (only the learning test's control)
 
     # ---- SFT baseline ---------------------------------------------------------------------------
     c.sft = ml_collections.ConfigDict()
     c.sft.micro_batch_size = 8
     c.sft.warmup_steps = 0  # demo: supervised steps before GRPO to learn the answer format
+    c.sft.lr = 0.0  # constant learning rate of the warm-up (0 = optim.lr)
+    c.sft.think = ""  # SFT target = "<think>{think}</think>" + solution when set, else solution
 
     # ---- Optimizer (Optax AdamW) ----------------------------------------------------------------
     c.optim = ml_collections.ConfigDict()
