@@ -1,0 +1,97 @@
+"""Config parsing, presets, parameter counts (jax.eval_shape), buckets and the compile counter."""
+
+import numpy as np
+import pytest
+import tiny_hf
+from flax import nnx
+
+from vrft_jax import buckets
+from vrft_jax.models import Qwen2VL, Qwen2VLConfig, count_params, get_preset, random_qwen2_vl
+from vrft_jax.models import qwen2_vl as qwen2_vl_module
+
+HUB_2B = {  # the flat 4.x layout of the hub config.json
+    "model_type": "qwen2_vl",
+    "vocab_size": 151936,
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "tie_word_embeddings": True,
+    "vision_config": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4,
+                      "hidden_size": 1536, "in_chans": 3, "patch_size": 14,
+                      "spatial_merge_size": 2, "temporal_patch_size": 2},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "preset,expected", [("2b", 2_208_985_600), ("7b", 8_291_375_616)], ids=["2b", "7b"]
+)
+def test_param_counts_eval_shape(preset, expected):
+    abstract = nnx.eval_shape(lambda: Qwen2VL(get_preset(preset), rngs=nnx.Rngs(0)))
+    assert count_params(nnx.state(abstract, nnx.Param)) == expected
+
+
+def test_from_hf_flat_nested_and_round_trip():
+    flat = Qwen2VLConfig.from_hf(HUB_2B)
+    assert flat == get_preset("2b")
+    assert Qwen2VLConfig.from_hf(flat.to_hf()) == flat
+    hf_cfg = tiny_hf.tiny_hf_config(tie=False).to_dict()  # nested transformers-5 layout
+    nested = Qwen2VLConfig.from_hf(hf_cfg)
+    assert nested == get_preset("tiny", tie_word_embeddings=False)
+    with pytest.raises(ValueError, match="unsupported rope"):
+        Qwen2VLConfig.from_hf(dict(HUB_2B, rope_scaling={"type": "linear", "factor": 2.0}))
+    with pytest.raises(ValueError, match="model_type"):
+        Qwen2VLConfig.from_hf(dict(HUB_2B, model_type="qwen2_5_vl"))
+    with pytest.raises(ValueError, match="unknown Qwen2-VL preset"):
+        get_preset("72b")
+
+
+def test_bucket_helpers():
+    assert buckets.bucket(65, (64, 128)) == 128
+    with pytest.raises(ValueError, match="exceeds the largest bucket 128"):
+        buckets.bucket(129, (64, 128))
+    assert buckets.length_bucket(300, (64, 128)) == 384
+    ids, mask = buckets.pad_left(np.array([[5, 6, 7]]), None, 5, pad_id=0)
+    np.testing.assert_array_equal(ids, [[0, 0, 5, 6, 7]])
+    np.testing.assert_array_equal(mask, [[0, 0, 1, 1, 1]])
+    pv, grid = buckets.pad_images(np.ones((24, 4)), [[1, 4, 6]], (16, 32), (2,))
+    assert pv.shape == (32, 4) and pv[24:].sum() == 0
+    np.testing.assert_array_equal(grid, [[1, 4, 6], [0, 0, 0]])
+    with pytest.raises(ValueError, match="image_grid_thw sums to 24"):
+        buckets.pad_images(np.ones((20, 4)), [[1, 4, 6]])
+
+
+def test_defaults_mirror_base_config():
+    from configs.base import get_config
+
+    c = get_config()
+    assert tuple(c.input.prompt_buckets) == buckets.DEFAULT_PROMPT_BUCKETS
+    assert tuple(c.input.patch_buckets) == buckets.DEFAULT_PATCH_BUCKETS
+
+
+def test_twenty_batches_compile_at_most_bucket_count():
+    """Varying image sizes and prompt lengths inside the buckets: <= #buckets programs."""
+    prompt_b, patch_b, image_b = (48, 96), (64, 128), (2,)
+    model = random_qwen2_vl(
+        "tiny", seed=0, prompt_buckets=prompt_b, patch_buckets=patch_b, image_buckets=image_b
+    )
+    rng = np.random.default_rng(0)
+    before = qwen2_vl_module.compile_count()
+    used = set()
+    for _ in range(20):
+        grids = [(1, 2 * int(rng.integers(1, 5)), 2 * int(rng.integers(1, 5))) for _ in range(2)]
+        rows = [tiny_hf.image_prompt(rng, int(rng.integers(1, 60)), [g], 2) for g in grids]
+        ids, mask = tiny_hf.left_pad(rows)
+        pv, grid = tiny_hf.random_pixels(rng, grids)
+        logits = model(ids, mask, pv, grid)
+        assert logits.shape == (*ids.shape, model.config.vocab_size)
+        assert np.isfinite(np.asarray(logits[mask > 0])).all()
+        used.add((buckets.length_bucket(ids.shape[1], prompt_b), buckets.bucket(len(pv), patch_b)))
+    compiles = qwen2_vl_module.compile_count() - before
+    print(f"20 batches: {compiles} compiles, {len(used)} bucket combinations used")
+    assert len(used) >= 2  # the loop really crossed buckets
+    assert compiles == len(used) <= len(prompt_b) * len(patch_b) * len(image_b)
