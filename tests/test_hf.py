@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: round trip through transformers, key layouts, clear errors."""
+"""HF checkpoints in and out: round trip through transformers, key layouts, clear errors."""
 
 import json
 import os
@@ -53,7 +53,7 @@ def test_round_trip_through_transformers(tmp_path, tie):
 
 
 def test_in_memory_key_layout_and_sharded_index(tmp_path):
-    """transformers-5 in-memory names (model.visual.*, model.language_model.*) split over 2 files."""
+    """transformers-5 in-memory names (model.visual.*, model.language_model.*), 2 files."""
     src = str(tmp_path / "src")
     torch_model = tiny_hf.make_tiny_hf(src, tie=False, seed=4)
     state = {k: v.detach().numpy().copy() for k, v in torch_model.state_dict().items()}

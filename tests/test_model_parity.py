@@ -6,10 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 import tiny_hf  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from vrft_jax import hf  # noqa: E402
 from vrft_jax.models import get_rope_index  # noqa: E402

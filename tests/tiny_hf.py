@@ -1,14 +1,11 @@
-"""Tiny random transformers Qwen2-VL models for tests (torch reference; import only where torch
-exists).
+"""Tiny random Qwen2-VL models for tests: transformers (torch) references and O(1) rescaling.
 
 `make_tiny_hf(path)` builds a `Qwen2VLForConditionalGeneration` with the real tokenizer's special
-ids and
-vocabulary size, tiny widths, weights rescaled so activations and logits are O(1) (the default 0.02
-init
-makes everything tiny and parity checks meaningless), saves it with `save_pretrained(path)` and
-returns it.
-`hf_logits` runs it on the processor's arrays; `image_prompt` builds token rows with image
-placeholders.
+ids and vocabulary size, tiny widths, weights rescaled so activations and logits are O(1) (the
+default 0.02 init makes everything tiny and parity checks meaningless), saves it with
+`save_pretrained(path)` and returns it. `hf_logits` runs it on the processor's arrays;
+`image_prompt` builds token rows with image placeholders. `rescale_params_` applies the same
+O(1) re-draw to one of our Flax models (no torch needed). Torch is imported only inside functions.
 """
 
 import numpy as np

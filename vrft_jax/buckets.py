@@ -4,9 +4,9 @@ Host-side helpers pad the processor's arrays up to the next bucket:
 - prompt length T: left padding (pad id, mask 0), so real tokens stay right-aligned;
 - packed patches S: zero patches appended after the last image (their own attention segment);
 - image count I: grid rows (0, 0, 0) appended.
-The DEFAULT_* values mirror configs/base.py (input.prompt_buckets, input.patch_buckets); callers
-with a
-config pass its fields.
+
+The DEFAULT_* values mirror configs/base.py (input.prompt_buckets, input.patch_buckets; a test
+checks this); callers with a config pass its fields.
 """
 
 import collections

@@ -1,18 +1,14 @@
 """Hugging Face Qwen2-VL checkpoints in and out.
 
 - `load_qwen2_vl(path)` reads a local folder (config.json + model.safetensors or a sharded index),
-with
-  either key layout: the on-disk hub names (`visual.*`, `model.layers.*`, `lm_head.weight`) or the
-  transformers-5 in-memory names (`model.visual.*`, `model.language_model.*`). It builds one
-  parameter at
-  a time (a layer-stacked parameter gathers its L slices), so host memory never holds two full
-  copies,
-  and can place each parameter straight into a sharding.
+  with either key layout: the on-disk hub names (`visual.*`, `model.layers.*`, `lm_head.weight`) or
+  the transformers-5 in-memory names (`model.visual.*`, `model.language_model.*`). It builds one
+  parameter at a time (a layer-stacked parameter gathers its L slices), so host memory never holds
+  two full copies, and can place each parameter straight into a sharding.
 - `save_qwen2_vl(model, path)` writes config.json + safetensors with the hub names, which
   `transformers.Qwen2VLForConditionalGeneration.from_pretrained` loads.
 
-Torch Linear weights are (out, in); ours are (in, out) with heads split out, hence the reshapes
-below.
+Torch Linear weights are (out, in); ours are (in, out) with heads split out, hence the reshapes.
 """
 
 import json
@@ -187,8 +183,7 @@ def load_qwen2_vl(path: str, *, dtype=jnp.float32, sharding=None, **model_kwargs
     """Qwen2VL from a local Hugging Face folder, parameters in `dtype` (also the compute dtype).
 
     sharding: None (default device), a function (logical_names, shape) -> jax.sharding.Sharding (see
-    models.partitioning.path_sharding_fn), or a (mesh, rules) pair. Each parameter is read,
-    converted
+    models.partitioning.path_sharding_fn), or a (mesh, rules) pair. Each parameter is read, converted
     and placed on its own, so peak host memory is about one (layer-stacked) parameter.
     """
     name = jnp.dtype(dtype).name

@@ -1,10 +1,8 @@
 """Qwen2-VL configuration: one frozen dataclass, HF config.json in and out, and size presets.
 
-`from_hf` accepts the flat hub layout (4.x: text fields at top level, `rope_scaling` +
-`rope_theta`) and the
-nested transformers-5 layout (`text_config`, `vision_config`, `rope_parameters`). `to_hf` writes
-the flat
-hub layout, which both transformers 4.x and 5.x load.
+`from_hf` accepts the flat hub layout (4.x: text fields at top level, `rope_scaling` + `rope_theta`)
+and the nested transformers-5 layout (`text_config`, `vision_config`, `rope_parameters`). `to_hf`
+writes the flat hub layout, which both transformers 4.x and 5.x load.
 """
 
 import dataclasses

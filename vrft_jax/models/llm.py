@@ -1,11 +1,8 @@
-"""Qwen2 decoder with M-RoPE: RMSNorm, GQA attention with q/k/v bias, SwiGLU, scanned layers, KV
-cache.
+"""Qwen2 decoder with M-RoPE: RMSNorm, GQA with q/k/v bias, SwiGLU, scanned layers, KV cache.
 
 The cache is a plain pytree {"k": [L, B, Tmax, K, D], "v": [L, B, Tmax, K, D]}. A call writes its T
-new
-keys/values at columns cache_index .. cache_index+T-1 (the same columns for every row, since
-prompts are
-left-padded) and attends causally by column, restricted by kv_mask (False = padding).
+new keys/values at columns cache_index .. cache_index+T-1 (the same columns for every row, since
+prompts are left-padded) and attends causally by column, restricted by kv_mask (False = padding).
 """
 
 import jax

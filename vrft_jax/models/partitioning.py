@@ -2,8 +2,8 @@
 
 Each parameter carries logical names (docs/ARCHITECTURE.md). Rules map a logical name to a mesh axis
 (or a tuple of axes, or None). A dimension stays replicated when its rule names no axis present in
-the
-mesh, when the axis is already used by another dimension, or when the size does not divide evenly.
+the mesh, when the axis is already used by another dimension, or when the size does not divide
+evenly.
 """
 
 import jax

@@ -1,11 +1,11 @@
 """The Qwen2-VL model: vision tower + image-feature scatter + M-RoPE decoder + LM head.
 
 Two levels of API:
-- jittable pieces on padded arrays: `encode_images`, `embed`, `decode`, `lm_logits`, `forward`
-  (what the sampler and trainer compose inside their own jitted steps);
+- jittable pieces on padded arrays: `encode_images`, `embed`, `decode`, `lm_logits`, `forward` (what
+  the sampler and trainer compose inside their own jitted steps);
 - `__call__`, the convenience contract on the processor's raw arrays: pads on the host to shape
-buckets
-  and runs a cached jitted forward (one compile per bucket combination, counted by `compile_count`).
+  buckets and runs a cached jitted forward (one compile per bucket combination, counted by
+  `compile_count`).
 """
 
 import jax

@@ -1,11 +1,9 @@
 """Qwen2-VL vision tower over one packed patch sequence.
 
 All images of a batch arrive as one sequence pixel_values [S, 1176] (images concatenated, padding
-patches
-at the end) with image_grid_thw [I, 3] (padding rows (0, 0, 0)). Attention is block-diagonal per
-image
-frame, so padding patches never reach real ones; the merger turns each 2x2 block of patches into one
-token of the LLM width: output [S/4, E].
+patches at the end) with image_grid_thw [I, 3] (padding rows (0, 0, 0)). Attention is block-diagonal
+per image frame, so padding patches never reach real ones; the merger turns each 2x2 block of
+patches into one token of the LLM width: output [S/4, E].
 """
 
 import jax
