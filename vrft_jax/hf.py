@@ -182,8 +182,8 @@ def _path_str(path) -> str:
 def load_qwen2_vl(path: str, *, dtype=jnp.float32, sharding=None, **model_kwargs) -> Qwen2VL:
     """Qwen2VL from a local Hugging Face folder, parameters in `dtype` (also the compute dtype).
 
-    sharding: None (default device), a function (logical_names, shape) -> jax.sharding.Sharding (see
-    models.partitioning.path_sharding_fn), or a (mesh, rules) pair. Each parameter is read, converted
+    sharding: None (default device), a function (logical_names, shape) -> jax.sharding.Sharding
+    (see models.partitioning.path_sharding_fn), or a (mesh, rules) pair. Each parameter is read, converted
     and placed on its own, so peak host memory is about one (layer-stacked) parameter.
     """
     name = jnp.dtype(dtype).name

@@ -27,8 +27,8 @@ def packed_patch_layout(grid_thw, num_patches: int, merge: int = 2):
 
     grid_thw: int [I, 3] (t, h, w) in patch units; rows (0, 0, 0) are padding images.
     Returns (segment int32 [S], hpos int32 [S], wpos int32 [S]): `segment` is unique per image frame
-    (padding patches past the last image get their own segment), hpos/wpos the patch row/column in the
-    processor's merge-block order (block_row, block_col, in_row, in_col).
+    (padding patches past the last image get their own segment), hpos/wpos the patch row/column
+    in the processor's merge-block order (block_row, block_col, in_row, in_col).
     """
     grid_thw = jnp.asarray(grid_thw, jnp.int32)
     t, h, w = grid_thw[:, 0], grid_thw[:, 1], grid_thw[:, 2]
@@ -79,8 +79,8 @@ def vision_cos_sin(hpos, wpos, head_dim: int, theta: float = 10000.0):
 def mrope_cos_sin(positions, head_dim: int, theta: float, mrope_section, dtype):
     """cos, sin [B, T, D] in `dtype` from positions int [3, B, T] (t, h, w streams).
 
-    The D/2 frequencies are split by mrope_section into t, h and w chunks (not interleaved), then the
-    selection is duplicated for the rotate_half partner dims.
+    The D/2 frequencies are split by mrope_section into t, h and w chunks (not interleaved), then
+    the selection is duplicated for the rotate_half partner dims.
     """
     inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, D/2]
@@ -95,8 +95,8 @@ def get_rope_index(input_ids, attention_mask, image_grid_thw, config):
 
     input_ids: int [B, T]; attention_mask: [B, T] (1 real, 0 padding) or None; image_grid_thw: int
     [I, 3] in patch units, batch-major image order, rows (0, 0, 0) allowed as padding, or None.
-    Text tokens advance every stream by one; an image of merged grid (t, gh, gw) places its tokens at
-    start + (ti, hi, wi) and the text after it continues at start + max(gh, gw).
+    Text tokens advance every stream by one; an image of merged grid (t, gh, gw) places its tokens
+    at start + (ti, hi, wi) and the text after it continues at start + max(gh, gw).
     Returns positions int32 [3, B, T] (0 at padding) and rope_deltas int32 [B]
     (= max position + 1 - real length; decode step positions are cache_len + delta).
     """
