@@ -1,0 +1,343 @@
+r"""Multi-process check on one machine: 2 processes x 4 CPU devices must match 1 process x 8.
+
+  python bench/multiprocess_check.py [--job grpo|toy] [--steps 2] [--out DIR]
+
+It starts three workers on this machine, each with JAX_PLATFORMS=cpu:
+  - "single": one process with 8 CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8);
+  - "multi" process 0 and 1: 4 CPU devices each, joined by `jax.distributed.initialize(
+    "127.0.0.1:PORT", num_processes=2, process_id=i)` after selecting the gloo CPU collectives,
+so both runs see the same 8-device global mesh. Each run writes its per-step metrics and its final
+parameters (gathered to host) to DIR/<run>/; the driver then compares them and prints the largest
+differences. Exit status 0 when they match within float32 tolerance.
+
+Jobs:
+  grpo: `vrft_jax.train.run(config, workdir)` on configs/demo.py with tiny settings and no evals
+        (the real multi-host path: global batches, sharded parameters, collectives).
+  toy:  a few SGD steps of a sharded linear model (the distributed runtime alone).
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RTOL, ATOL = 1e-4, 1e-5  # float32: only the reduction order may differ between the runs
+
+# Config overrides for the GRPO job: the tiny model, 2 prompts x 2 samples per step on 8 devices.
+GRPO_OVERRIDES = {
+    "model.preset": "tiny",
+    "input.batch_size": 8,
+    "grpo.G": 2,
+    "grpo.micro_batch_size": 16,
+    "sampler.max_new_tokens": 8,
+    "eval.max_new_tokens": 8,
+    "eval_every": 0,
+    "data.num_eval_examples": 0,
+    "data.synthetic_size": 56,
+    "optim.lr": 1e-3,  # large enough that the parameters move measurably in 2 steps
+    "sample_every": 0,
+    "ckpt.every": 0,
+    "ckpt.async_save": False,
+    "mesh": (("data", 1), ("fsdp", -1), ("tensor", 1)),
+}
+
+
+# ---- Workers ------------------------------------------------------------------------------------
+
+
+def _join(coordinator: str, process_id: int, num_processes: int) -> None:
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def _gather(tree):
+    """A pytree of (possibly multi-process) jax.Arrays -> numpy arrays, equal on every process."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def toy_job(steps: int, out: str) -> None:
+    """SGD on a linear model y = x @ w: batch split over all 8 devices, w split over "fsdp"."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "fsdp"))
+    rng = np.random.default_rng(0)  # the same host data on every process
+    x_host = rng.normal(size=(64, 16)).astype(np.float32)
+    y_host = rng.normal(size=(64, 4)).astype(np.float32)
+    w_host = rng.normal(size=(16, 4)).astype(np.float32)
+
+    def put(array, spec):
+        sharding = NamedSharding(mesh, spec)
+        return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+    x, y = put(x_host, P(("data", "fsdp"))), put(y_host, P(("data", "fsdp")))
+    w = put(w_host, P("fsdp"))
+
+    @jax.jit
+    def step(w, x, y):
+        loss, grad = jax.value_and_grad(lambda w: jnp.mean((x @ w - y) ** 2))(w)
+        return w - 0.1 * grad, loss
+
+    metrics = []
+    for i in range(steps):
+        w, loss = step(w, x, y)
+        metrics.append({"step": i + 1, "loss": float(loss)})
+    _write(out, metrics, {"w": _gather(w)})
+
+
+def grpo_job(steps: int, out: str) -> None:
+    """`train.run` on the demo config with GRPO_OVERRIDES, in `out/workdir`.
+
+    The metrics are read back from workdir/metrics.jsonl and the final parameters from the last
+    checkpoint (`_checkpoint_params`), so the check relies only on the trainer's files.
+    """
+    sys.path.insert(0, REPO)
+    from configs import demo
+    from vrft_jax import train
+
+    config = demo.get_config()
+    config.total_steps = steps
+    for dotted, value in GRPO_OVERRIDES.items():
+        _set_field(config, dotted, value)
+    config.lock()
+    train.run(config, os.path.join(out, "workdir"))
+
+
+def _set_field(config, dotted: str, value) -> None:
+    *parents, name = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    if name not in node:
+        raise KeyError(f"config has no field {dotted!r}")
+    node[name] = value
+
+
+def _checkpoint_params(workdir: str) -> dict:
+    """{path: numpy array} of `params` in the latest checkpoint of workdir (any device count)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    root = os.path.join(workdir, "checkpoints")
+    steps = [int(d) for d in os.listdir(root) if d.isdigit()]
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {root}")
+    path = os.path.join(root, str(max(steps)), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+    return {
+        jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(state["params"])
+    }
+
+
+def _metrics_jsonl(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _load_run(run_dir: str):
+    """(metrics, {path: params array}) of a toy run (metrics.json, params.npz) or a grpo run."""
+    workdir = os.path.join(run_dir, "workdir")
+    if os.path.isdir(workdir):
+        return _metrics_jsonl(workdir), _checkpoint_params(workdir)
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    with np.load(os.path.join(run_dir, "params.npz")) as z:
+        return metrics, {k: z[k] for k in z.files}
+
+
+def _write(out: str, metrics, params) -> None:
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    flat = {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
+    np.savez(os.path.join(out, "params.npz"), **flat)
+    with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=1)
+    print(f"wrote {out}: {len(metrics)} steps, {len(flat)} parameter arrays", flush=True)
+
+
+def worker(args) -> None:
+    if args.coordinator:
+        _join(args.coordinator, args.process_id, args.num_processes)
+    import jax
+
+    print(
+        f"process {jax.process_index()}/{jax.process_count()}: "
+        f"{jax.local_device_count()} local, {jax.device_count()} global devices",
+        flush=True,
+    )
+    {"toy": toy_job, "grpo": grpo_job}[args.job](args.steps, args.out)
+
+
+# ---- Driver -------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(job, steps, out, devices, coordinator="", process_id=0, log=None):
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--job", job]
+    cmd += ["--steps", str(steps), "--out", out]
+    if coordinator:
+        cmd += ["--coordinator", coordinator, "--process_id", str(process_id)]
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _wait(procs, logs, timeout_s):
+    deadline = time.time() + timeout_s
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for p in procs.values():
+                p.kill()
+            raise RuntimeError(f"{name} did not finish in {timeout_s}s; see {logs[name]}") from None
+        if proc.returncode != 0:
+            for p in procs.values():
+                p.kill()
+            with open(logs[name], encoding="utf-8") as f:
+                tail = f.read()[-4000:]
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+
+def run_check(job: str = "grpo", steps: int = 2, out: str | None = None, timeout_s: int = 900):
+    """Runs the single- and two-process workers and compares them -> a report dict.
+
+    report: {"job", "steps", "metrics": {key: max abs diff}, "params": {"max_abs_diff",
+    "max_rel_diff", "num_arrays"}, "single_metrics": [...], "multi_metrics": [...], "match": bool,
+    "seconds": {...}}.
+    """
+    out = out or tempfile.mkdtemp(prefix="vrft_multiprocess_")
+    runs = {"single": os.path.join(out, "single"), "multi": os.path.join(out, "multi")}
+    for d in runs.values():
+        os.makedirs(d, exist_ok=True)
+    logs = {name: os.path.join(out, f"{name}.log") for name in ("single", "multi_p0", "multi_p1")}
+    files = {name: open(path, "w", encoding="utf-8") for name, path in logs.items()}  # noqa: SIM115
+    seconds = {}
+    try:
+        # The two runs one after the other: on a small machine they would otherwise fight for cores.
+        start = time.time()
+        procs = {"single": _start(job, steps, runs["single"], 8, log=files["single"])}
+        _wait(procs, logs, timeout_s)
+        seconds["single"] = round(time.time() - start, 1)
+
+        start = time.time()
+        coordinator = f"127.0.0.1:{_free_port()}"
+        procs = {
+            f"multi_p{i}": _start(
+                job, steps, runs["multi"], 4, coordinator, i, files[f"multi_p{i}"]
+            )
+            for i in range(2)
+        }
+        _wait(procs, logs, timeout_s)
+        seconds["multi"] = round(time.time() - start, 1)
+    finally:
+        for f in files.values():
+            f.close()
+    report = compare(runs["single"], runs["multi"])
+    report.update(job=job, steps=steps, seconds=seconds, out=out)
+    return report
+
+
+def compare(single_dir: str, multi_dir: str) -> dict:
+    """Per-step metric and final-parameter differences between two run folders."""
+    single, p_single = _load_run(single_dir)
+    multi, p_multi = _load_run(multi_dir)
+    metric_diffs, ok = {}, len(single) == len(multi) and len(single) > 0
+    for a, b in zip(single, multi):
+        for key, value in a.items():
+            if not isinstance(value, (int, float)) or key in _UNCOMPARED_METRICS:
+                continue
+            other = b.get(key)
+            if not isinstance(other, (int, float)):
+                ok = False
+                metric_diffs[key] = float("inf")
+                continue
+            diff = abs(float(value) - float(other))
+            metric_diffs[key] = max(metric_diffs.get(key, 0.0), diff)
+            ok &= bool(np.isclose(value, other, rtol=RTOL, atol=ATOL))
+    ok &= sorted(p_single) == sorted(p_multi)
+    max_abs = max_rel = 0.0
+    for name in p_single:
+        if name not in p_multi:
+            continue
+        a, b = p_single[name].astype(np.float64), p_multi[name].astype(np.float64)
+        if a.shape != b.shape:
+            ok = False
+            continue
+        d = np.abs(a - b)
+        max_abs = max(max_abs, float(d.max(initial=0.0)))
+        max_rel = max(max_rel, float((d / (np.abs(a) + ATOL)).max(initial=0.0)))
+        ok &= bool(np.allclose(a, b, rtol=RTOL, atol=ATOL))
+    return {
+        "match": bool(ok),
+        "metrics": metric_diffs,
+        "params": {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "num_arrays": len(p_single)},
+        "single_metrics": single,
+        "multi_metrics": multi,
+    }
+
+
+# Timings and counters that legitimately differ between a 1- and a 2-process run.
+_UNCOMPARED_METRICS = {"time", "wall_s", "step_s", "steps_per_s", "rollout_s", "update_s"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job", choices=("grpo", "toy"), default="grpo")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--out", default="", help="folder for the runs and logs (default: a temp)")
+    parser.add_argument("--timeout_s", type=int, default=900)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--coordinator", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--process_id", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--num_processes", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    report = run_check(args.job, args.steps, args.out or None, args.timeout_s)
+    for a, b in zip(report["single_metrics"], report["multi_metrics"]):
+        shown = [k for k in ("loss", "reward", "reward_mean", "kl") if k in a]
+        print(f"step {a.get('step')}: " + ", ".join(f"{k} {a[k]:.6g} vs {b.get(k)}" for k in shown))
+    print(json.dumps({k: report[k] for k in ("job", "steps", "match", "metrics", "params")}))
+    print(f"seconds: {report['seconds']}; runs and logs in {report['out']}")
+    print("MATCH" if report["match"] else "MISMATCH")
+    return 0 if report["match"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
