@@ -183,8 +183,8 @@ def load_qwen2_vl(path: str, *, dtype=jnp.float32, sharding=None, **model_kwargs
     """Qwen2VL from a local Hugging Face folder, parameters in `dtype` (also the compute dtype).
 
     sharding: None (default device), a function (logical_names, shape) -> jax.sharding.Sharding
-    (see models.partitioning.path_sharding_fn), or a (mesh, rules) pair. Each parameter is read, converted
-    and placed on its own, so peak host memory is about one (layer-stacked) parameter.
+    (see models.partitioning.path_sharding_fn), or a (mesh, rules) pair. Each parameter is read,
+    converted and placed on its own, so peak host memory is about one (layer-stacked) parameter.
     """
     name = jnp.dtype(dtype).name
     config = read_config(path).replace(param_dtype=name, compute_dtype=name)
