@@ -1,0 +1,173 @@
+"""GRPO/SFT train steps: sharded == one device, REINFORCE gradient, non-finite skipping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import base
+from vrft_jax import optim, policy, sharding, steps
+from vrft_jax.models import get_preset, random_qwen2_vl
+
+# A tiny model with a small vocabulary (own special ids) so 5 compiles stay quick on 2 cores.
+IDS = dict(image_token_id=500, video_token_id=501, vision_start_token_id=502,
+           vision_end_token_id=503, vision_token_id=504, bos_token_id=505, eos_token_id=506,
+           pad_token_id=505)  # fmt: skip
+B, G, C = 4, 2, 6
+GRIDS = np.array([[1, 4, 4], [1, 2, 4], [1, 4, 2], [1, 2, 2], [1, 2, 2]], np.int32)  # 5 images
+IMAGES_PER_PROMPT = (1, 2, 1, 1)
+MESHES = {
+    "data8": (("data", 8), ("fsdp", 1), ("tensor", 1)),
+    "fsdp8": (("data", 1), ("fsdp", 8), ("tensor", 1)),
+    "fsdp4_tensor2": (("data", 1), ("fsdp", 4), ("tensor", 2)),
+    "data2_fsdp2_tensor2": (("data", 2), ("fsdp", 2), ("tensor", 2)),
+}
+
+
+def make_config(**grpo):
+    c = base.get_config()
+    c.grpo.G, c.grpo.micro_batch_size, c.grpo.ref_dtype = G, 2, "float32"
+    c.grpo.update(grpo)
+    c.sft.micro_batch_size = 2
+    c.optim.lr, c.optim.eps, c.optim.schedule = 1e-3, 1e-3, "constant"  # eps: no sign amplification
+    return c
+
+
+def make_batch(seed=0):
+    """B hand-made prompts with 5 images in all, left padded; N = B*G completions."""
+    rng = np.random.default_rng(seed)
+    tokens = GRIDS.prod(axis=1) // 4
+    rows, image = [], 0
+    for n in IMAGES_PER_PROMPT:
+        row = list(rng.integers(0, 400, 3))
+        for _ in range(n):
+            row += [502] + [500] * int(tokens[image]) + [503]
+            image += 1
+        rows.append(row + list(rng.integers(0, 400, 2 + len(rows))))
+    P = max(map(len, rows)) + 1
+    prompt_ids = np.full((B, P), 505, np.int32)
+    prompt_mask = np.zeros((B, P), np.int32)
+    for b, row in enumerate(rows):
+        prompt_ids[b, P - len(row) :], prompt_mask[b, P - len(row) :] = row, 1
+    N = B * G
+    mask = np.ones((N, C), np.int32)
+    mask[1, 3:] = 0
+    mask[4, 1:] = 0
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "pixel_values": rng.normal(size=(int(GRIDS.prod(axis=1).sum()), 1176)).astype(np.float32),
+        "image_grid_thw": GRIDS,
+        "completion_ids": rng.integers(0, 500, (N, C)).astype(np.int32),
+        "completion_mask": mask,
+        "advantages": rng.normal(size=(N,)).astype(np.float32),
+        "sampler_logps": -rng.uniform(0, 5, (N, C)).astype(np.float32),
+        "ref_logps": -rng.uniform(0, 5, (N, C)).astype(np.float32),
+    }
+
+
+def model_params():
+    model = random_qwen2_vl(get_preset("tiny", vocab_size=512, **IDS), seed=1)
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params
+
+
+def build(mesh_config, config):
+    devices = jax.devices() if mesh_config else jax.devices()[:1]
+    mesh = sharding.make_mesh(mesh_config or (("data", 1),), devices)
+    graphdef, params = model_params()
+    tx, schedule = optim.make_optimizer(config.optim, 10, params)
+    state, shardings = steps.make_train_state(params, tx, mesh, (), seed=0)
+    return mesh, state, steps.TrainSteps(graphdef, config, tx, schedule, shardings)
+
+
+def run_step(mesh, state, fns, batch):
+    before = jax.device_get(state["params"])
+    state, metrics = fns.update_grpo(state, steps.place_batch(batch, mesh))
+    run_step.last_state = state  # on device, to continue from without recompiling
+    return before, jax.device_get(state), steps.host_metrics(metrics)
+
+
+@pytest.fixture(scope="module")
+def one_device_fns():
+    return build(None, make_config())
+
+
+@pytest.fixture(scope="module")
+def one_device(one_device_fns):
+    mesh, state, fns = one_device_fns
+    out = run_step(mesh, state, fns, make_batch())
+    return (*out, run_step.last_state)
+
+
+def test_one_device_step_changes_params_and_reports(one_device):
+    before, state, metrics, _ = one_device
+    assert int(state["step"]) == 1 and metrics["nonfinite_total"] == 0
+    for key in ("loss", "kl", "clip_fraction", "entropy", "grad_norm", "lr",
+                "logprob_gap_mean_abs"):  # fmt: skip
+        assert np.isfinite(metrics[key]), key
+    assert metrics["kl"] > 0 and metrics["grad_norm"] > 0
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), before, state["params"])
+    assert moved["visual"]["patch_embed"] > 0  # the image-feature VJP reaches the vision tower
+    assert moved["language_model"]["layers"]["q_kernel"] > 0
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_sharded_step_matches_one_device(name, one_device):
+    _, want_state, want, _ = one_device
+    _, state, metrics = run_step(*build(MESHES[name], make_config()), make_batch())
+    np.testing.assert_allclose(metrics["loss"], want["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["grad_norm"], want["grad_norm"], rtol=1e-4)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6),
+        state["params"],
+        want_state["params"],
+    )
+
+
+def test_mu1_gradient_is_group_baseline_reinforce():
+    config = make_config(beta=0.0)
+    batch = make_batch(seed=2)
+    batch.pop("ref_logps")
+    graphdef, params = model_params()
+    params = nnx.to_pure_dict(params)
+    got_loss, _, got = jax.jit(lambda p, b: steps.grpo_loss_and_grads(graphdef, p, b, config.grpo))(
+        params, batch
+    )
+
+    # Independent: d/dtheta of -(1/N) sum_i A_i * mean_t logp_it, one forward, no micro-batches.
+    def reinforce(p):
+        logp, _ = policy.completion_logprobs(
+            (graphdef, p), batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"],
+            batch["image_grid_thw"], batch["completion_ids"],
+        )  # fmt: skip
+        m = batch["completion_mask"]
+        seq = (logp * m).sum(1) / m.sum(1)
+        return -jnp.mean(batch["advantages"] * seq)
+
+    want_loss, want = jax.jit(jax.value_and_grad(reinforce))(params)
+    # At ratio 1 the loss value is -mean(A); its gradient is REINFORCE's.
+    np.testing.assert_allclose(got_loss, -batch["advantages"].mean(), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(want_loss)
+    scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(want))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale), got, want
+    )
+    # The strided micro-batched log-probs equal the one-shot forward.
+    logp = jax.jit(lambda p, b: steps.sequence_logprobs(graphdef, p, b, 2))(params, batch)
+    want_logp, _ = policy.completion_logprobs(
+        (graphdef, params), batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"],
+        batch["image_grid_thw"], batch["completion_ids"],
+    )  # fmt: skip
+    np.testing.assert_allclose(logp, want_logp, atol=1e-5)
+
+
+def test_nonfinite_loss_is_skipped_and_counted(one_device_fns, one_device):
+    mesh, _, fns = one_device_fns
+    state = one_device[3]  # continue from the first step's state (same compiled program)
+    batch = make_batch()
+    batch["advantages"][3] = np.nan
+    before, state, metrics = run_step(mesh, state, fns, batch)
+    assert metrics["nonfinite_in_row"] == 1 and metrics["nonfinite_total"] == 1
+    jax.tree.map(np.testing.assert_array_equal, before, state["params"])

@@ -1,0 +1,293 @@
+"""Jitted train steps: GRPO update, SFT update, and (reference / old) log-probs.
+
+Train state: a plain pytree {"params": pure dict, "opt_state", "step": int32, "rng": key}; the
+params are `nnx.split(model, nnx.Param)[1].to_pure_dict()` and `graphdef` is static.
+
+Batches (numpy on the host, placed by `place_batch`):
+  prompt side, replicated:  prompt_ids / prompt_mask int32 [B, P] (left padded),
+                            pixel_values float32 [S, 1176], image_grid_thw int32 [I, 3] (padded
+                            with vrft_jax.buckets.pad_images; both absent for text-only prompts)
+  sequence side, split over (data, fsdp): completion_ids int32 [N, C], completion_mask [N, C]
+                            and, GRPO only, advantages [N], sampler_logps [N, C], ref_logps [N, C]
+                            (when beta != 0), old_logps [N, C] (when mu > 1)
+N = B*G (SFT: G = 1). Gradient accumulation: the N sequences are cut into micro-batches of
+`micro_batch_size` (row m of micro-batch k is sequence m * num_micro + k, so each device keeps its
+own rows) and a lax.scan sums their gradients. The images are encoded ONCE per step, outside the
+scan: the scan also accumulates the gradient with respect to the image features, and one
+vision-tower VJP at the end turns it into parameter gradients (jax.vjp). So the vision tower runs
+forward and backward once per step, whatever the number of micro-batches.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from vrft_jax import grpo, optim, sharding
+from vrft_jax.policy import encode_images, prompt_layout, rows_logprobs
+
+PROMPT_KEYS = ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw")
+
+
+def _micro(x, num_micro):
+    """[N, ...] -> [num_micro, N / num_micro, ...]; micro-batch k holds rows k, k + num_micro..."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]), 0, 1)
+
+
+def num_micro_batches(N, micro_batch_size):
+    size = min(int(micro_batch_size), N) if micro_batch_size > 0 else N
+    if N % size:
+        raise ValueError(f"micro_batch_size={micro_batch_size} does not divide the {N} sequences")
+    return N // size
+
+
+def accumulate(graphdef, params, batch, micro_loss, micro_batch_size):
+    """Sum over micro-batches of micro_loss(logp, entropy, micro_batch) -> (loss, aux), and grads.
+
+    micro_loss returns (scalar, {name: scalar}); its aux values are summed over micro-batches.
+    Returns (loss, aux_sums, grads).
+    """
+    config = graphdef_config(graphdef, params)
+    B, N = batch["prompt_ids"].shape[0], batch["completion_ids"].shape[0]
+    num_micro = num_micro_batches(N, micro_batch_size)
+    layout = prompt_layout(
+        config, batch["prompt_ids"], batch["prompt_mask"], batch.get("image_grid_thw")
+    )
+    seq = {k: v for k, v in batch.items() if k not in PROMPT_KEYS}
+    seq["rows"] = jnp.arange(N, dtype=jnp.int32) // (N // B)
+    xs = jax.tree.map(lambda x: _micro(x, num_micro), seq)
+    has_images = batch.get("pixel_values") is not None
+
+    def encode(p):
+        return encode_images(graphdef, p, batch["pixel_values"], batch["image_grid_thw"])
+
+    feats, feats_vjp = jax.vjp(encode, params) if has_images else (None, None)
+
+    def loss_fn(p, f, mb):
+        logp, ent = rows_logprobs(
+            graphdef, p, batch["prompt_ids"], batch["prompt_mask"], layout, f,
+            mb["completion_ids"], mb["rows"], with_entropy=True,
+        )  # fmt: skip
+        return micro_loss(logp, ent, mb)
+
+    zeros = lambda t: jax.tree.map(jnp.zeros_like, t)  # noqa: E731
+
+    def body(carry, mb):
+        loss_acc, aux_acc, g_acc, f_acc = carry
+        argnums = (0, 1) if has_images else 0
+        (loss, aux), g = jax.value_and_grad(loss_fn, argnums, has_aux=True)(params, feats, mb)
+        g, fg = g if has_images else (g, None)
+        g_acc = jax.tree.map(jnp.add, g_acc, g)
+        f_acc = None if fg is None else f_acc + fg
+        aux_acc = jax.tree.map(jnp.add, aux_acc, aux)
+        return (loss_acc + loss, aux_acc, g_acc, f_acc), None
+
+    aux_shape = jax.eval_shape(lambda: loss_fn(params, feats, jax.tree.map(lambda x: x[0], xs))[1])
+    init = (
+        jnp.zeros((), jnp.float32),
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape),
+        zeros(params),
+        jnp.zeros_like(feats) if has_images else None,
+    )
+    (loss, aux, grads, feat_grad), _ = jax.lax.scan(body, init, xs)
+    if has_images:
+        grads = jax.tree.map(jnp.add, grads, feats_vjp(feat_grad)[0])
+    return loss, aux, grads
+
+
+def graphdef_config(graphdef, params):
+    return nnx.merge(graphdef, params).config
+
+
+# ---- GRPO ---------------------------------------------------------------------------------------
+
+
+def grpo_loss_and_grads(graphdef, params, batch, g):
+    """GRPO loss, token-mean metrics and gradients of one rollout batch. g = config.grpo."""
+    mask = batch["completion_mask"].astype(jnp.float32)
+    N, C = mask.shape
+    num_tokens = mask.sum()
+    use_old = "old_logps" in batch
+
+    def micro_loss(logp, ent, mb):
+        m = mb["completion_mask"]
+        old = mb["old_logps"] if use_old else jax.lax.stop_gradient(logp)
+        ref = mb.get("ref_logps")
+        loss, aux = grpo.grpo_loss(
+            logp, old, ref, mb["advantages"], m,
+            beta=g.beta, epsilon_low=g.epsilon, epsilon_high=g.epsilon_high,
+            kl_estimator=g.kl_estimator, aggregation=g.loss_aggregation,
+            max_len=C, num_sequences=N, num_tokens=num_tokens,
+        )  # fmt: skip
+        tokens = m.astype(jnp.float32).sum()
+        # Token-weighted sums; divided by the batch's token count after the scan.
+        sums = {k: aux[k] * tokens for k in ("kl", "clip_fraction", "ratio")}
+        sums["clip_low_fraction"] = aux["clip_low_fraction"] * tokens
+        sums["clip_high_fraction"] = aux["clip_high_fraction"] * tokens
+        sums["entropy"] = grpo.masked_mean(jax.lax.stop_gradient(ent), m) * tokens
+        sums["pg_loss"] = aux["pg_loss"]
+        gap = grpo.logprob_gap(mb["sampler_logps"], jax.lax.stop_gradient(logp), m)
+        sums["logprob_gap_mean_abs"] = gap["logprob_gap_mean_abs"] * tokens
+        sums["logprob_gap_max_abs"] = gap["logprob_gap_max_abs"]  # summed: an upper bound
+        return loss, sums
+
+    loss, sums, grads = accumulate(graphdef, params, batch, micro_loss, g.micro_batch_size)
+    denom = jnp.maximum(num_tokens, 1.0)
+    metrics = {k: v / denom for k, v in sums.items() if k not in ("pg_loss", "logprob_gap_max_abs")}
+    metrics["pg_loss"] = sums["pg_loss"]
+    metrics["logprob_gap_max_abs_bound"] = sums["logprob_gap_max_abs"]
+    metrics["loss"] = loss
+    return loss, metrics, grads
+
+
+def apply_update(tx, schedule, state, loss, grads, metrics):
+    """Optax update; a non-finite loss or gradient leaves the params unchanged and is counted."""
+    grads = optim.mark_nonfinite(loss, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    in_row, total = optim.nonfinite_counts(opt_state)
+    metrics = dict(metrics)
+    metrics.update(
+        grad_norm=optax.tree.norm(grads),
+        lr=schedule(state["step"]),
+        nonfinite_in_row=in_row,
+        nonfinite_total=total,
+    )
+    new_state = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
+    return new_state, metrics
+
+
+def grpo_update(graphdef, tx, schedule, g, state, batch):
+    loss, metrics, grads = grpo_loss_and_grads(graphdef, state["params"], batch, g)
+    return apply_update(tx, schedule, state, loss, grads, metrics)
+
+
+# ---- SFT ----------------------------------------------------------------------------------------
+
+
+def sft_loss_and_grads(graphdef, params, batch, micro_batch_size):
+    """Token-mean cross-entropy on the answer tokens (completion_mask), and its gradients."""
+    num_tokens = batch["completion_mask"].astype(jnp.float32).sum()
+
+    def micro_loss(logp, ent, mb):
+        m = mb["completion_mask"].astype(jnp.float32)
+        loss = -jnp.sum(logp * m) / jnp.maximum(num_tokens, 1.0)
+        return loss, {"entropy": jnp.sum(jax.lax.stop_gradient(ent) * m)}
+
+    loss, sums, grads = accumulate(graphdef, params, batch, micro_loss, micro_batch_size)
+    metrics = {"loss": loss, "entropy": sums["entropy"] / jnp.maximum(num_tokens, 1.0)}
+    return loss, metrics, grads
+
+
+def sft_update(graphdef, tx, schedule, micro_batch_size, state, batch):
+    loss, metrics, grads = sft_loss_and_grads(graphdef, state["params"], batch, micro_batch_size)
+    return apply_update(tx, schedule, state, loss, grads, metrics)
+
+
+# ---- Log-probs only (reference model, old policy) -----------------------------------------------
+
+
+def sequence_logprobs(graphdef, params, batch, micro_batch_size):
+    """logp [N, C] of the batch's completions under `params` (no gradients), micro-batched."""
+    config = graphdef_config(graphdef, params)
+    B, N = batch["prompt_ids"].shape[0], batch["completion_ids"].shape[0]
+    num_micro = num_micro_batches(N, micro_batch_size)
+    layout = prompt_layout(
+        config, batch["prompt_ids"], batch["prompt_mask"], batch.get("image_grid_thw")
+    )
+    feats = None
+    if batch.get("pixel_values") is not None:
+        feats = encode_images(graphdef, params, batch["pixel_values"], batch["image_grid_thw"])
+    rows = jnp.arange(N, dtype=jnp.int32) // (N // B)
+    xs = (_micro(batch["completion_ids"], num_micro), _micro(rows, num_micro))
+
+    def one(mb):
+        ids, r = mb
+        logp, _ = rows_logprobs(
+            graphdef, params, batch["prompt_ids"], batch["prompt_mask"], layout, feats, ids, r
+        )
+        return logp
+
+    logp = jax.lax.map(one, xs)  # [num_micro, N / num_micro, C]
+    return jnp.swapaxes(logp, 0, 1).reshape(N, -1)
+
+
+# ---- Placement and jitting ----------------------------------------------------------------------
+
+
+def place_batch(batch, mesh):
+    """Host arrays -> device arrays: prompt side replicated, sequence side split over the batch."""
+    prompt = {k: v for k, v in batch.items() if k in PROMPT_KEYS and v is not None}
+    seq = {k: v for k, v in batch.items() if k not in PROMPT_KEYS}
+    placed = jax.device_put(prompt, sharding.replicated(mesh))
+    placed.update(sharding.shard_batch(seq, mesh))
+    return placed
+
+
+def make_train_state(params_state, tx, mesh, rules, seed):
+    """nnx.State of the model's Params -> (train state placed on `mesh`, its shardings)."""
+    shardings = sharding.param_shardings(params_state, mesh, rules)
+    params = jax.device_put(nnx.to_pure_dict(params_state), nnx.to_pure_dict(shardings))
+    replicated = sharding.replicated(mesh)
+    # Moments follow their parameter's sharding; counters created from nothing land on one
+    # device, so put every leaf not already spread over the mesh on all of it.
+    opt_state = jax.tree.map(
+        lambda x: (
+            x if x.sharding.device_set == replicated.device_set else jax.device_put(x, replicated)
+        ),
+        jax.jit(tx.init)(params),
+    )
+    state = {
+        "params": params,
+        "opt_state": opt_state,
+        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        "rng": jax.device_put(jax.random.key(seed), replicated),
+    }
+    return state, jax.tree.map(lambda x: x.sharding, state)
+
+
+class TrainSteps:
+    """The jitted programs of one run (graphdef, optimizer and config are fixed at build time).
+
+    update_grpo(state, batch) / update_sft(state, batch) -> (state, metrics); the state is donated.
+    logprobs(params, batch) -> logp [N, C] (reference with the frozen params, or old log-probs).
+    """
+
+    def __init__(self, graphdef, config, tx, schedule, state_shardings=None):
+        self.compiles = 0
+        g, mbs = config.grpo, config.sft.micro_batch_size
+        out = None if state_shardings is None else (state_shardings, None)
+        self.update_grpo = jax.jit(
+            self._counted(functools.partial(grpo_update, graphdef, tx, schedule, g)),
+            donate_argnums=0,
+            out_shardings=out,
+        )
+        self.update_sft = jax.jit(
+            self._counted(functools.partial(sft_update, graphdef, tx, schedule, mbs)),
+            donate_argnums=0,
+            out_shardings=out,
+        )
+        self._logprobs = jax.jit(
+            self._counted(functools.partial(sequence_logprobs, graphdef)),
+            static_argnums=2,
+        )
+        self.grpo_micro_batch_size = g.micro_batch_size
+
+    def logprobs(self, params, batch):
+        batch = {k: v for k, v in batch.items() if k in PROMPT_KEYS or k == "completion_ids"}
+        return self._logprobs(params, batch, int(self.grpo_micro_batch_size))
+
+    def _counted(self, fn):
+        def traced(*args, **kwargs):
+            self.compiles += 1  # runs once per trace, i.e. per compile
+            return fn(*args, **kwargs)
+
+        return traced
+
+
+def host_metrics(metrics):
+    """Device metrics -> Python floats (one transfer)."""
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
