@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vrft_jax.sampling import SamplingRule, policy_logprobs, top_k_filter, top_p_filter
+from vrft_jax.sampling import (
+    SamplingRule,
+    categorical,
+    policy_logprobs,
+    top_k_filter,
+    top_p_filter,
+)
 
 PROBS = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
 N_DRAWS = 40_000
@@ -50,6 +56,18 @@ def test_temperature_then_top_k_then_top_p():
     # before: 0 .627 .873 .961 -> top_p 0.9 keeps three.
     rule = SamplingRule(temperature=0.5, top_k=4, top_p=0.9)
     _check(_frequencies(rule, 6), [0.16, 0.0625, 0.0225, 0, 0, 0])
+
+
+def test_categorical_across_blocks():
+    """The two-level inverse-CDF draw over a vocabulary of many blocks (and a partial last one)."""
+    vocab, where = 1000, np.array([0, 127, 128, 500, 999])  # block edges and the padded tail
+    logits = np.full(vocab, -np.inf, np.float32)
+    logits[where] = np.log(PROBS[:5])
+    draws = categorical(jax.random.key(7), jnp.broadcast_to(jnp.asarray(logits), (N_DRAWS, vocab)))
+    freq = np.bincount(np.asarray(draws), minlength=vocab) / N_DRAWS
+    expected = np.zeros(vocab)
+    expected[where] = PROBS[:5]
+    _check(freq, expected)
 
 
 def test_greedy_and_filters_on_rows():
