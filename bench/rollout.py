@@ -205,7 +205,13 @@ def run_torch(path, inputs, p: Preset, threads=None):
         torch.manual_seed(0)
         start = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(max_new_tokens=c, min_new_tokens=c, **args)
+            try:
+                out = model.generate(max_new_tokens=c, min_new_tokens=c, **args)
+            except (TypeError, ValueError) as e:  # releases before mm_token_type_ids existed
+                if "mm_token_type_ids" not in str(e):
+                    raise
+                args.pop("mm_token_type_ids")
+                out = model.generate(max_new_tokens=c, min_new_tokens=c, **args)
         if device == "cuda":
             torch.cuda.synchronize()
         return out, time.perf_counter() - start

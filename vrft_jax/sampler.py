@@ -408,6 +408,11 @@ def get_sampler(graphdef, config, **kwargs) -> Sampler:
     return _SAMPLERS[key]
 
 
+def compile_count() -> int:
+    """Programs compiled by every shared Sampler (those of generate / generate_with_state)."""
+    return sum(s.compile_count() for s in _SAMPLERS.values())
+
+
 def generate_with_state(
     graphdef,
     params,
