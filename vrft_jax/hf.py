@@ -35,7 +35,7 @@ SHARD_BYTES = 4 * 1024**3  # max safetensors file size on save
 
 def _table(c: Qwen2VLConfig):
     ve, vh, vd = c.vision_embed_dim, c.vision_num_heads, c.vision_head_dim
-    e, h, k, d = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    h, k, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     same = (lambda w: w, lambda w: w)
     linear = (lambda w: w.T, lambda w: w.T)
 
@@ -95,7 +95,6 @@ def _table(c: Qwen2VLConfig):
         "language_model/layers/up_kernel": (lb + "mlp.up_proj.weight", *linear),
         "language_model/layers/down_kernel": (lb + "mlp.down_proj.weight", *linear),
     }
-    del e
     return table
 
 
