@@ -230,7 +230,10 @@ def place_batch(batch, mesh):
 def make_train_state(params_state, tx, mesh, rules, seed):
     """nnx.State of the model's Params -> (train state placed on `mesh`, its shardings)."""
     shardings = sharding.param_shardings(params_state, mesh, rules)
-    params = jax.device_put(nnx.to_pure_dict(params_state), nnx.to_pure_dict(shardings))
+    # A copy (may_alias=False): the state is donated every step, the model's arrays must survive.
+    params = jax.device_put(
+        nnx.to_pure_dict(params_state), nnx.to_pure_dict(shardings), may_alias=False
+    )
     replicated = sharding.replicated(mesh)
     # Moments follow their parameter's sharding; counters created from nothing land on one
     # device, so put every leaf not already spread over the mesh on all of it.
