@@ -18,6 +18,7 @@ from vrft_jax.models import random_qwen2_vl
 BUCKETS = dict(prompt_buckets=(64,), patch_buckets=(256,), image_buckets=(4,))
 GRIDS = [[(1, 4, 6)], [(1, 6, 4), (1, 4, 4)], [(1, 4, 4)]]
 PAD = tiny_hf.PAD
+G, STEPS = 2, 6  # one prefill shape for every test: G samples per prompt, C new tokens
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_greedy_equals_transformers_generate(models):
     import torch
 
     ids, mask, pv, grid, _ = _batch(0, GRIDS, [(3, 4), (2, 2), (5, 1)])
-    steps = 8
+    steps = STEPS
 
     def hf_generate(eos):
         with torch.no_grad():
@@ -71,15 +72,17 @@ def test_greedy_equals_transformers_generate(models):
             )
         return out[:, ids.shape[1] :].numpy()
 
-    ours = sampler.generate(model, ids, mask, pv, grid, max_new_tokens=steps)
-    want = hf_generate((151645, 151643))
-    assert ours.tokens.shape == (3, steps) and ours.tokens.dtype == jnp.int32
+    # G greedy samples of a prompt are identical; rows i*G .. i*G+G-1 belong to prompt i.
+    kw = dict(max_new_tokens=steps, num_samples=G)
+    ours = sampler.generate(model, ids, mask, pv, grid, **kw)
+    want = np.repeat(hf_generate((151645, 151643)), G, axis=0)
+    assert ours.tokens.shape == (3 * G, steps) and ours.tokens.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(ours.tokens)[:, : want.shape[1]], want)
 
     # Stop ids that the greedy rows emit (row 0's third token): both stop there and pad after.
     eos = (int(want[0, 2]), 151645)
-    ours = sampler.generate(model, ids, mask, pv, grid, max_new_tokens=steps, eos_token_ids=eos)
-    want = hf_generate(eos)
+    ours = sampler.generate(model, ids, mask, pv, grid, eos_token_ids=eos, **kw)
+    want = np.repeat(hf_generate(eos), G, axis=0)
     tokens, tmask = np.asarray(ours.tokens), np.asarray(ours.mask)
     np.testing.assert_array_equal(tokens[:, : want.shape[1]], want)
     assert np.all(tokens[:, want.shape[1] :] == PAD)
@@ -97,7 +100,7 @@ def test_cache_decode_and_logprobs_match_full_forward(models):
     s = _sampler(model)
     graphdef, params = nnx.split(model)
     ids, mask, pv, grid, per_prompt = _batch(1, GRIDS, [(3, 4), (2, 2), (5, 1)])
-    g, steps, kw = 2, 6, dict(temperature=1.0, top_k=50, top_p=0.95)
+    g, steps, kw = G, STEPS, dict(temperature=1.0, top_k=50, top_p=0.95)
     out = s(params, ids, mask, pv, grid, max_new_tokens=steps, num_samples=g, rng=3, **kw)
     n = ids.shape[0] * g
     assert out.tokens.shape == out.mask.shape == out.logprobs.shape == (n, steps)
@@ -144,26 +147,29 @@ def test_cache_decode_and_logprobs_match_full_forward(models):
 def test_rows_stop_independently_and_loop_exits_early(models):
     model, _ = models
     ids, mask, pv, grid, _ = _batch(0, GRIDS, [(3, 4), (2, 2), (5, 1)])
-    steps = 8
-    free = sampler.generate(model, ids, mask, pv, grid, max_new_tokens=steps, eos_token_ids=(1,))
+    steps, kw = STEPS, dict(max_new_tokens=STEPS, num_samples=G)
+    free = sampler.generate(model, ids, mask, pv, grid, eos_token_ids=(1,), **kw)
     free_tokens = np.asarray(free.tokens)
     assert free.steps == steps and np.asarray(free.mask).all()
 
-    # Row 1's first token as the only stop id: row 1 stops after one token, the others go on.
-    eos = int(free_tokens[1, 0])
-    out = sampler.generate(model, ids, mask, pv, grid, max_new_tokens=steps, eos_token_ids=(eos,))
+    # Prompt 1's first greedy token as the only stop id: its rows (2, 3) stop after one token,
+    # the others go on.
+    eos = int(free_tokens[2, 0])
+    out = sampler.generate(model, ids, mask, pv, grid, eos_token_ids=(eos,), **kw)
     tokens, tmask, logp = np.asarray(out.tokens), np.asarray(out.mask), np.asarray(out.logprobs)
-    assert tokens[1, 0] == eos and np.all(tokens[1, 1:] == PAD)
-    assert tmask[1].tolist() == [True] + [False] * (steps - 1)
-    assert np.all(logp[1, 1:] == 0) and logp[1, 0] <= 0
-    for r in (0, 2):
-        if eos not in free_tokens[r]:
-            np.testing.assert_array_equal(tokens[r], free_tokens[r])
-            assert tmask[r].all()
+    for r in (2, 3):
+        assert tokens[r, 0] == eos and np.all(tokens[r, 1:] == PAD)
+        assert tmask[r].tolist() == [True] + [False] * (steps - 1)
+        assert np.all(logp[r, 1:] == 0) and logp[r, 0] <= 0
+    others = [r for r in (0, 1, 4, 5) if eos not in free_tokens[r]]
+    assert others, "the chosen stop id also appears in every other row"
+    for r in others:
+        np.testing.assert_array_equal(tokens[r], free_tokens[r])
+        assert tmask[r].all() and np.all(logp[r] < 0)
 
     # Every row's first token is a stop id: one decode step, then the loop exits.
     first = tuple(int(t) for t in free_tokens[:, 0])
-    out = sampler.generate(model, ids, mask, pv, grid, max_new_tokens=steps, eos_token_ids=first)
+    out = sampler.generate(model, ids, mask, pv, grid, eos_token_ids=first, **kw)
     assert out.steps == 1
     assert np.asarray(out.mask)[:, 0].all() and not np.asarray(out.mask)[:, 1:].any()
 
@@ -172,7 +178,7 @@ def test_no_recompile_across_batches_inside_buckets(models):
     model, _ = models
     s = _sampler(model)
     graphdef, params = nnx.split(model)
-    kw = dict(max_new_tokens=6, num_samples=2, temperature=1.0, top_k=50, top_p=0.95)
+    kw = dict(max_new_tokens=STEPS, num_samples=G, temperature=1.0, top_k=50, top_p=0.95)
     a = _batch(1, GRIDS, [(3, 4), (2, 2), (5, 1)])
     s(params, *a[:4], rng=0, **kw)
     before = s.compile_count()
@@ -182,5 +188,5 @@ def test_no_recompile_across_batches_inside_buckets(models):
     b = _batch(7, grids, [(9, 1), (1, 1), (4, 3), (2, 6)])
     params2 = jax.tree.map(lambda x: x * 1.01, params)
     out = s(params2, *b[:4], rng=1, **kw)
-    assert out.tokens.shape == (8, 6)
+    assert out.tokens.shape == (4 * G, STEPS)
     assert s.compile_count() == before
