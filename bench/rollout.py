@@ -29,7 +29,7 @@ from flax import nnx
 
 from vrft_jax import hf
 from vrft_jax.models import Qwen2VL, get_preset, random_qwen2_vl
-from vrft_jax.sampler import Sampler, SamplingRule, eos_array
+from vrft_jax.sampler import Sampler, SamplingRule
 
 VISION_START, VISION_END, IMAGE = 151652, 151653, 151655
 
@@ -160,11 +160,7 @@ def run_ours(model, inputs, p: Preset, seed: int):
     prefill_kw = dict(max_new_tokens=p.new_tokens, num_samples=p.samples, rng=seed + 1)
     state, prefill_s = timed(lambda: sampler.start(params, *inputs, **prefill_kw))
     rule = SamplingRule(temperature=1.0)
-    state, decode_s = timed(
-        lambda: sampler._decode(
-            graphdef, params, state, eos_array(no_stop), rule=rule, pad_token_id=151643
-        )
-    )
+    state, decode_s = timed(lambda: sampler.run(params, state, rule, no_stop))
     steps = int(state.step)
     # The vision tower alone (its own small program), on the same padded images.
     pv, grid = sampler.prepare(*inputs)[2:4]

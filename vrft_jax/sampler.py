@@ -334,6 +334,18 @@ class Sampler:
             cache_dtype=self.cache_dtype,
         )
 
+    def run(
+        self,
+        params,
+        state: SamplingState,
+        rule: SamplingRule,
+        eos_token_ids=EOS_TOKEN_IDS,
+        pad_token_id=PAD_TOKEN_ID,
+    ) -> SamplingState:
+        """The decode while_loop from a `start` state (donated off CPU) -> the final state."""
+        eos, pad = eos_array(eos_token_ids), int(pad_token_id)
+        return self._decode(self.graphdef, params, state, eos, rule=rule, pad_token_id=pad)
+
     def __call__(
         self,
         params,
@@ -365,14 +377,7 @@ class Sampler:
             pad_token_id=pad_token_id,
             rng=rng,
         )
-        state = self._decode(
-            self.graphdef,
-            params,
-            state,
-            eos_array(eos_token_ids),
-            rule=rule,
-            pad_token_id=int(pad_token_id),
-        )
+        state = self.run(params, state, rule, eos_token_ids, pad_token_id)
         n = np.asarray(input_ids).shape[0] * num_samples  # dummy prompts' rows come last: drop them
         return SampleOutput(state.tokens[:n], state.mask[:n], state.logprobs[:n], int(state.step))
 
