@@ -99,7 +99,8 @@ def run(config, workdir: str) -> dict:
     if config.eval_at_start and not resumed:
         evaluate("before", state["params"])
     warm = config.trainer == "grpo" and config.sft.warmup_steps > 0
-    start_params = state["params"]
+    # The reference is the initial model, also on resume (never the restored weights).
+    start_params = init_state["params"]
     if warm and not resumed:
         state = sft_warmup(config, processor, graphdef, params_state, mesh, rules, state, fns)
         start_params = state["params"]
