@@ -68,11 +68,14 @@ def decoder_layer(x, p, cos, sin, mask, eps, implementation, cache_kv=None, cach
     q = rope.apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = rope.apply_rotary(k, cos[:, :, None], sin[:, :, None])
     if cache_kv is not None:
-        ck, cv = cache_kv
-        at = (0, cache_index, 0, 0)
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), at)
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), at)
-        k, v = ck.astype(dt), cv.astype(dt)
+        # The whole stacked cache [L, B, Tmax, K, D] rides in the scan carry and only the T new
+        # columns are written (in place), then this layer's slice is read for attention.
+        ck, cv, layer = cache_kv
+        at = (layer, 0, cache_index, 0, 0)
+        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], at)
+        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], at)
+        k = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False).astype(dt)
+        v = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(dt)
         new_kv = (ck, cv)
     else:
         new_kv = None
@@ -116,14 +119,26 @@ class Decoder(nnx.Module):
         mask = causal[None, None] & kv_mask.astype(bool)[:, None, None, :]
         params = values(self.layers, LAYER_PARAMS)
 
-        def body(x, xs):
-            p, kv = xs
-            return decoder_layer(x, p, cos, sin, mask, c.rms_norm_eps, c.attention, kv, cache_index)
+        def body(x, p):
+            return decoder_layer(x, p, cos, sin, mask, c.rms_norm_eps, c.attention)[0], None
 
-        kv_in = None if cache is None else (cache["k"], cache["v"])
-        x, kv_out = scan_layers(body, x, (params, kv_in), scan=c.scan_layers, remat=c.remat)
+        def cached_body(carry, xs):
+            x, ck, cv = carry
+            (p, layer), args = xs, (cos, sin, mask, c.rms_norm_eps, c.attention)
+            x, (ck, cv) = decoder_layer(x, p, *args, (ck, cv, layer), cache_index)
+            return (x, ck, cv), None
+
+        new_cache = None
+        if cache is None:
+            x, _ = scan_layers(body, x, params, scan=c.scan_layers, remat=c.remat)
+        else:
+            layers = jnp.arange(c.num_hidden_layers)
+            carry = (x, cache["k"], cache["v"])
+            carry, _ = scan_layers(
+                cached_body, carry, (params, layers), scan=c.scan_layers, remat=c.remat
+            )
+            x, new_cache = carry[0], {"k": carry[1], "v": carry[2]}
         x = rms_norm(x, self.norm[...], c.rms_norm_eps)
-        new_cache = None if cache is None else {"k": kv_out[0], "v": kv_out[1]}
         return x, new_cache
 
     def logits(self, hidden):
