@@ -46,7 +46,7 @@ def get_config(arg=None):
     c.input.classification_subject = "aircraft"  # which classification sentence (see prompts.py)
     c.input.max_prompt_length = 1024  # prompts longer than this fail loudly (never truncated)
     c.input.batch_size = 16  # prompts per optimizer step (B); reference: 8 GPUs x 1 x 2 accum
-    c.input.prompt_buckets = (64, 128, 256, 512, 1024)  # padded prompt lengths (T)
+    c.input.prompt_buckets = (64, 128, 256, 384, 512, 768, 1024)  # padded prompt lengths (T)
     c.input.patch_buckets = (256, 1024, 2048, 4096, 8192)  # padded patch counts (S) per batch
 
     # ---- Data -----------------------------------------------------------------------------------
