@@ -63,7 +63,8 @@ class RolloutBatch:
 
 
 def encode_prompts(processor, examples: Sequence[Example], config) -> dict:
-    """B examples -> prompt arrays padded to the config's prompt / patch buckets."""
+    """B examples -> prompt arrays padded to the config's prompt / patch buckets, plus
+    "raw_images": the unpadded (pixel_values, image_grid_thw) (None, None without images)."""
     batch = processor.encode_batch([([e.image], e.problem) for e in examples])
     length = buckets.length_bucket(batch["input_ids"].shape[1], config.input.prompt_buckets)
     ids, mask = buckets.pad_left(
@@ -71,7 +72,10 @@ def encode_prompts(processor, examples: Sequence[Example], config) -> dict:
     )
     out = {"prompt_ids": ids.astype(np.int32), "prompt_mask": mask.astype(np.int32)}
     out["pixel_values"] = out["image_grid_thw"] = None
+    # The sampler pads images itself (and checks patches against the grid): give it the raw ones.
+    out["raw_images"] = (None, None)
     if batch["image_grid_thw"].shape[0]:
+        out["raw_images"] = (batch["pixel_values"], batch["image_grid_thw"])
         pv, grid = buckets.pad_images(
             batch["pixel_values"], batch["image_grid_thw"], config.input.patch_buckets
         )
@@ -102,8 +106,7 @@ def make_rollout(
         out = generate_fn(
             prompt["prompt_ids"],
             prompt["prompt_mask"],
-            prompt["pixel_values"],
-            prompt["image_grid_thw"],
+            *prompt["raw_images"],
             max_new_tokens=config.sampler.max_new_tokens,
             num_samples=G,
             temperature=config.sampler.temperature,

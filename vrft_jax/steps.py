@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from vrft_jax import grpo, optim, sharding
 from vrft_jax.policy import encode_images, prompt_layout, rows_logprobs
@@ -235,14 +236,15 @@ def make_train_state(params_state, tx, mesh, rules, seed):
         nnx.to_pure_dict(params_state), nnx.to_pure_dict(shardings), may_alias=False
     )
     replicated = sharding.replicated(mesh)
+
     # Moments follow their parameter's sharding; counters created from nothing land on one
-    # device, so put every leaf not already spread over the mesh on all of it.
-    opt_state = jax.tree.map(
-        lambda x: (
-            x if x.sharding.device_set == replicated.device_set else jax.device_put(x, replicated)
-        ),
-        jax.jit(tx.init)(params),
-    )
+    # device: replicate every leaf not already placed on the mesh, so the state's shardings equal
+    # the update's out_shardings (otherwise the second step compiles again).
+    def spread(x):
+        on_mesh = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
+        return x if on_mesh else jax.device_put(x, replicated)
+
+    opt_state = jax.tree.map(spread, jax.jit(tx.init)(params))
     state = {
         "params": params,
         "opt_state": opt_state,

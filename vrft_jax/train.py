@@ -322,7 +322,7 @@ def sft_batch(processor, examples, config) -> dict:
             f"an SFT target has {ids.shape[1]} tokens, more than sampler.max_new_tokens={C}"
         )
     pad = C - ids.shape[1]
-    batch = {k: v for k, v in prompt.items() if v is not None}
+    batch = {k: v for k, v in prompt.items() if v is not None and k != "raw_images"}
     batch["completion_ids"] = np.pad(ids, ((0, 0), (0, pad)), constant_values=processor.special.pad)
     batch["completion_mask"] = np.pad(mask, ((0, 0), (0, pad))).astype(np.int32)
     return batch
@@ -349,6 +349,7 @@ def sft_warmup(config, processor, graphdef, params_state, mesh, rules, state, fn
         batch = steps.place_batch(sft_batch(processor, next(it), config), mesh)
         warm_state, metrics = warm_fns.update_sft(warm_state, batch)
     logging.info("sft warm-up done: loss %.4f", float(metrics["loss"]))
+    print(f"sft warm-up: final loss {float(metrics['loss']):.4f}")
     fns.compiles += warm_fns.compiles
     return dict(state, params=warm_state["params"])
 
