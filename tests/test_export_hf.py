@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import test_resume  # its helpers that start training runs
 import tiny_hf
 from flax import nnx
 
@@ -20,13 +21,10 @@ from vrft_jax.tools import export_hf as export_lib
 TOL = 1e-5  # max |diff| / max |logits| in float32
 
 
-def _save_run(workdir, steps=(1, 2), preset="tiny"):
-    """A workdir as the trainer leaves it: config.json + checkpoints/<step>/{state,extra}.
-
-    Each step holds different parameters (rescaled to O(1) so logits are a meaningful check).
-    """
+def _save_run(workdir, steps=(1, 2)):
+    """A hand-made workdir in the trainer's layout (config.json + checkpoints/<step>/{state,
+    extra}), for the error tests; parameters rescaled to O(1), different at each step."""
     config = base.get_config()
-    config.model.preset = preset
     os.makedirs(workdir, exist_ok=True)
     config_utils.write_config_json(config, str(workdir))
     ckpt = Checkpointer(workdir, every=1, keep=5, async_save=False)
@@ -45,6 +43,17 @@ def _save_run(workdir, steps=(1, 2), preset="tiny"):
 
 
 @pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """A real 2-step GRPO run (`python -m vrft_jax.main`, the tiny demo-like config of
+    test_resume) that saved steps 1 and 2."""
+    workdir = tmp_path_factory.mktemp("trained")
+    proc = test_resume._start(workdir, **{"total_steps": 2, "ckpt.every": 1})
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     return _save_run(tmp_path_factory.mktemp("run"))
 
@@ -58,13 +67,13 @@ def _inputs():
     return ids, mask, pixels, grid
 
 
-def test_export_loads_in_transformers_with_the_same_logits(run_dir, tmp_path):
+def test_export_loads_in_transformers_with_the_same_logits(trained_dir, tmp_path):
     torch = pytest.importorskip("torch")
     from transformers import AutoTokenizer, GenerationConfig, Qwen2VLForConditionalGeneration
 
-    out = export_lib.export_hf(run_dir, tmp_path / "hf")
+    out = export_lib.export_hf(trained_dir, tmp_path / "hf")
     assert out == str(tmp_path / "hf")
-    model, step, _ = export_lib.restore_model(run_dir)
+    model, step, _ = export_lib.restore_model(trained_dir)
     assert step == 2 and json.load(open(os.path.join(out, "vrft_export.json")))["step"] == 2
 
     torch_model = Qwen2VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
@@ -84,11 +93,14 @@ def test_export_loads_in_transformers_with_the_same_logits(run_dir, tmp_path):
     assert model.config.eos_token_id in gen.eos_token_id
 
 
-def test_export_chosen_step_and_bfloat16(run_dir, tmp_path):
+def test_export_chosen_step_and_bfloat16(trained_dir, tmp_path):
     from safetensors import safe_open
 
-    out = export_lib.export_hf(run_dir, tmp_path / "hf1", step=1, dtype="bfloat16")
-    model, _, _ = export_lib.restore_model(run_dir, step=1)
+    out = export_lib.export_hf(trained_dir, tmp_path / "hf1", step=1, dtype="bfloat16")
+    model, _, _ = export_lib.restore_model(trained_dir, step=1)
+    later, _, _ = export_lib.restore_model(trained_dir, step=2)
+    first = np.asarray(model.language_model.embed_tokens[...])
+    assert not np.array_equal(first, np.asarray(later.language_model.embed_tokens[...]))
     with safe_open(os.path.join(out, "model.safetensors"), "flax") as f:
         embed = f.get_tensor("model.embed_tokens.weight")
     assert embed.dtype == jnp.bfloat16
