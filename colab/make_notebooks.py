@@ -23,6 +23,7 @@ SRC = os.path.join(HERE, "src")
 NOTEBOOKS = {
     "01_inference.ipynb": "01_inference.py",
     "02_rewards_playground.ipynb": "02_rewards_playground.py",
+    "03_grpo_short_run.ipynb": "03_grpo_short_run.py",
 }
 
 
