@@ -27,11 +27,12 @@ def _assert_match(report, steps):
     assert report["match"], json.dumps(
         {k: report[k] for k in ("metrics", "params", "out")}, indent=1
     )
-    assert len(report["single_metrics"]) == len(report["multi_metrics"]) == steps
+    for rows in (report["single_metrics"], report["multi_metrics"]):
+        assert sum("loss" in row for row in rows) == steps  # one row per optimizer step
     assert report["params"]["num_arrays"] > 0
 
 
-def test_two_processes_match_one_toy(tmp_path):
+def test_two_processes_match_one_toy(tmp_path):  # ~15 s
     """Sharded SGD steps: the distributed runtime alone (init, global arrays, collectives)."""
     report = check.run_check("toy", steps=3, out=str(tmp_path), timeout_s=300)
     _assert_match(report, 3)
@@ -58,10 +59,13 @@ def test_compare_flags_a_difference(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("VRFT_MULTIPROCESS_GRPO") != "1",
+    reason="about 15 minutes on 2 cores: set VRFT_MULTIPROCESS_GRPO=1 (or run the script)",
+)
 def test_two_processes_match_one_grpo(tmp_path):
-    """Two GRPO steps of the demo (tiny model): same metrics per step and same final params."""
-    if importlib.util.find_spec("vrft_jax.train") is None:
-        pytest.skip("vrft_jax.train is not there yet")
-    report = check.run_check("grpo", steps=2, out=str(tmp_path), timeout_s=600)
+    """Two GRPO steps of the demo (tiny model, after one SFT warm-up step): the same metrics per
+    step and the same final parameters. `python bench/multiprocess_check.py` runs the same."""
+    report = check.run_check("grpo", steps=2, out=str(tmp_path), timeout_s=1500)
     _assert_match(report, 2)
-    assert "loss" in report["metrics"], report["metrics"]
+    assert "loss" in report["metrics"] and "entropy" in report["metrics"], report["metrics"]
