@@ -37,9 +37,6 @@ OVERRIDES = {
     "grpo.beta": 0.04,  # a reference model, rebuilt from the initial weights on resume
     "sampler.max_new_tokens": 8,
     "data.num_workers": 1,
-    # 2 prompts x 16 patches fill this bucket exactly. (With padding patches the rollout fails:
-    # rollout.encode_prompts pads pixel_values, then the sampler's pad_images rejects them.)
-    "input.patch_buckets": "(32,)",
     "data.num_eval_examples": 2,
     "eval.max_new_tokens": 4,
     "eval.batch_size": 2,

@@ -6,7 +6,7 @@ or, from Python, `export_hf(workdir, out, step=None) -> out`.
 
 Reads `DIR/config.json` (written by `vrft_jax.main`) and the parameters of the latest (or the
 chosen) step in `DIR/checkpoints` (only the parameters are read, not the optimizer state), rebuilds
-the model, and writes into OUT:
+the model, and writes into OUT (a local folder; DIR may also be gs://...):
   - config.json + model.safetensors (`hf.save_qwen2_vl`, the hub key names), which
     `transformers.Qwen2VLForConditionalGeneration.from_pretrained(OUT)` loads;
   - the tokenizer / processor files of the run: `config.tokenizer`, else `config.model_init` when it
@@ -38,8 +38,10 @@ import uuid
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from vrft_jax import config_utils, hf
@@ -66,10 +68,16 @@ TOKENIZER_FILES = (
 # ---- Reading the run ----------------------------------------------------------------------------
 
 
+def _workdir_path(workdir) -> epath.Path:
+    """Absolute local path, or a remote one (gs://...) unchanged."""
+    workdir = str(workdir)
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(os.path.expanduser(workdir)))
+
+
 def checkpoint_steps(workdir) -> list[int]:
     """Finished checkpoint steps in WORKDIR/checkpoints (unfinished temporary folders skipped)."""
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
-    if not os.path.isdir(directory):
+    directory = _workdir_path(workdir) / CHECKPOINT_SUBDIR
+    if not directory.is_dir():
         return []
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     mgr = ocp.CheckpointManager(directory, options=options)
@@ -81,7 +89,7 @@ def checkpoint_steps(workdir) -> list[int]:
 
 def _choose_step(workdir, step: int | None) -> int:
     steps = checkpoint_steps(workdir)
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    directory = str(_workdir_path(workdir) / CHECKPOINT_SUBDIR)
     if not steps:
         raise FileNotFoundError(
             f"no finished checkpoint in {directory!r}: is {workdir!r} a training workdir, and did "
@@ -96,13 +104,13 @@ def _choose_step(workdir, step: int | None) -> int:
 
 def read_run_config(workdir):
     """The run's config (WORKDIR/config.json as `vrft_jax.main` wrote it)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = _workdir_path(workdir) / "config.json"
+    if not path.is_file():
         raise FileNotFoundError(
-            f"{path!r} does not exist: export needs the run's config.json (vrft_jax.main writes "
-            "it into the workdir)."
+            f"{str(path)!r} does not exist: export needs the run's config.json (vrft_jax.main "
+            "writes it into the workdir)."
         )
-    return config_utils.read_config_json(path)
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def model_config_for(run_config, extra: dict) -> Qwen2VLConfig:
@@ -119,35 +127,31 @@ def model_config_for(run_config, extra: dict) -> Qwen2VLConfig:
     return get_preset(run_config.model.preset)
 
 
-def _read_extra(step_dir: str) -> dict:
-    if not os.path.isdir(os.path.join(step_dir, "extra")):
+def _read_extra(step_dir: epath.Path) -> dict:
+    if not (step_dir / "extra").is_dir():
         return {}
     try:
-        extra = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-            os.path.join(step_dir, "extra")
-        )
+        extra = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "extra")
     except Exception as e:  # Orbax raises many types for damaged files
-        raise CheckpointError(f"checkpoint {step_dir!r}: unreadable 'extra' item: {e}") from e
+        raise CheckpointError(f"checkpoint {str(step_dir)!r}: unreadable 'extra' item: {e}") from e
     return dict(extra or {})
 
 
-def _read_params(step_dir: str, abstract_params: dict) -> dict:
+def _read_params(step_dir: epath.Path, abstract_params: dict) -> dict:
     """The "params" subtree of the step's train state as host numpy arrays (nothing else read).
 
     abstract_params: ShapeDtypeStructs of the model's parameters (pure dict); shapes are checked
     against the checkpoint first, dtypes come from the checkpoint.
     """
-    state_dir = os.path.join(step_dir, "state")
+    state_dir, source = step_dir / "state", repr(str(step_dir))
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
     try:
         stored = checkpointer.metadata(state_dir).item_metadata.tree
     except Exception as e:
-        raise CheckpointError(f"checkpoint {step_dir!r} is unreadable: {e}") from e
+        raise CheckpointError(f"checkpoint {source} is unreadable: {e}") from e
     if not isinstance(stored, dict) or "params" not in stored:
-        raise CheckpointError(
-            f"checkpoint {step_dir!r} has no 'params' entry (not a vrft_jax train state)."
-        )
-    check_tree_matches({"params": abstract_params}, {"params": stored["params"]}, repr(step_dir))
+        raise CheckpointError(f"checkpoint {source} has no 'params' entry (not a train state).")
+    check_tree_matches({"params": abstract_params}, {"params": stored["params"]}, source)
     target = {
         "params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored["params"])
     }
@@ -156,7 +160,7 @@ def _read_params(step_dir: str, abstract_params: dict) -> dict:
     try:
         return checkpointer.restore(state_dir, args=args)["params"]
     except Exception as e:
-        raise CheckpointError(f"checkpoint {step_dir!r} is unreadable: {e}") from e
+        raise CheckpointError(f"checkpoint {source} is unreadable: {e}") from e
 
 
 def restore_model(workdir, step: int | None = None, *, dtype=None, to_device: bool = True):
@@ -165,10 +169,9 @@ def restore_model(workdir, step: int | None = None, *, dtype=None, to_device: bo
     dtype: parameter and compute dtype (default: the checkpoint's parameter dtype). to_device=False
     keeps the parameters as host numpy arrays (enough for writing them out; no device copy).
     """
-    workdir = os.path.abspath(os.path.expanduser(str(workdir)))
     run_config = read_run_config(workdir)
     step = _choose_step(workdir, step)
-    step_dir = os.path.join(workdir, CHECKPOINT_SUBDIR, str(step))
+    step_dir = _workdir_path(workdir) / CHECKPOINT_SUBDIR / str(step)
     extra = _read_extra(step_dir)
     config = model_config_for(run_config, extra)
 
@@ -250,7 +253,7 @@ def export_hf(
     The folder is written under a temporary name and renamed when complete, so a failed export
     never leaves a half-written `out`.
     """
-    workdir = os.path.abspath(os.path.expanduser(str(workdir)))
+    workdir = str(_workdir_path(workdir))
     out = os.path.abspath(os.path.expanduser(str(out)))
     run_config = read_run_config(workdir)
     token_dir = tokenizer_dir_for(run_config, tokenizer)
