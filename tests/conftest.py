@@ -4,6 +4,7 @@ The environment is set before anything imports jax (pytest imports conftest firs
 """
 
 import os
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flags = os.environ.get("XLA_FLAGS", "")
@@ -12,6 +13,11 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One persistent compile cache for the whole session, inherited by the subprocess runs of the
+# trainer (main, resume, export, notebooks): only the first process pays for each compile.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "vrft_jax_test_jit")
+)
 
 import pathlib  # noqa: E402
 
