@@ -12,6 +12,7 @@ token counts and shapes. `--check_only` stops after writing config.json (validat
 import difflib
 import importlib
 import json
+import logging as std_logging
 import os
 import sys
 
@@ -105,9 +106,19 @@ def _die(message):
     sys.exit(2)
 
 
+class _OwnInfoOnly:
+    """absl handler filter: INFO lines from vrft_jax only; libraries (orbax logs every save at
+    INFO) still reach the console from WARNING up. `--verbosity=1` shows everything."""
+
+    def filter(self, record):
+        own = f"{os.sep}vrft_jax{os.sep}" in record.pathname
+        return own or record.levelno >= std_logging.WARNING or logging.get_verbosity() > 0
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
     config = load_flag_config()
     workdir = os.path.expanduser(_WORKDIR.value)
 
