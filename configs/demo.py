@@ -1,24 +1,66 @@
-r"""Demo: the small job `python -m vrft_jax.main` runs out of the box, on a laptop CPU.
+r"""Demo: Visual-RFT end to end on a laptop CPU (the README's first command).
 
 Command:
   python -m vrft_jax.main --config configs/demo.py --workdir /tmp/vrft_demo
 
-Expected result (until the GRPO trainer lands): within about 30 seconds, the Qwen2-VL tokenizer
-and image processor shipped with the package build one batch of 4 detection prompts from synthetic
-images (1 to 3 images of different sizes per prompt) and print the prompt token counts, the image
-grids and the array shapes (input_ids int32[4, T], pixel_values float32[S, 1176], image_grid_thw
-int32[7, 3]); /tmp/vrft_demo then holds config.json and inputs_summary.json.
+What it does: a tiny Qwen2-VL (random init; the real 151,936-token vocabulary and the shipped
+tokenizer) learns the built-in synthetic task "which shape is this?" (circle / square / triangle on
+56 px images drawn on the fly). A short SFT warm-up (40 steps of 8 examples, lr 1e-2) teaches most
+of the answer format `<think>one shape</think><answer>SHAPE</answer>`; then 30 GRPO steps (8
+prompts x G=4 samples, temperature 1.0, rewards format + classification, lr 1e-3, beta 0 so no
+reference forward is needed on 2 cores; the paper's configs keep 0.04) finish the format and push
+the answers. Held-out evaluation (48 eval-split examples, greedy decoding) runs before training,
+after the warm-up and at the end; the table is printed and written to /tmp/vrft_demo/results.json,
+the train reward curve to /tmp/vrft_demo/reward_curve.png, metrics to metrics.jsonl and tb/.
 
-`--config configs/demo.py:classification` uses the classification template instead.
+Why these settings: the warm-up stops where sampled completions have the full format only
+sometimes (measured: 9% of samples after 38 SFT steps, 75% after 46), so GRPO has a reward signal
+and headroom; the held-out reward rises mainly through the format reward (0..1) plus classification
+(0..1), total 0..2.
+
+Expected result (measured, 2-core CPU shared with other jobs):
+  (being measured; see the commit that fills this table)
 """
 
 from configs import base
 
 
 def get_config(arg=None):
+    del arg
     c = base.get_config()
-    c.input.batch_size = 4
-    c.input.prompt_template = arg or "detection"
-    c.data.synthetic_size = 112
+    c.trainer = "grpo"
+    c.total_steps = 30
+    c.eval_at_start = True
+    c.sample_every = 5
+    c.log_every = 1
+
     c.model.preset = "tiny"
+    c.data.source = "synthetic"
+    c.data.synthetic_task = "classification"
+    c.data.synthetic_size = 56  # 4 x 4 patches -> 4 image tokens
+    c.data.num_eval_examples = 48
+    c.input.batch_size = 8  # B prompts per step
+    c.input.min_pixels = 3136
+    c.input.max_pixels = 3136
+    c.input.prompt_buckets = (128, 256)
+    c.input.patch_buckets = (128, 256)
+    c.rewards = (("format", 1.0), ("classification", 1.0))
+
+    c.sampler.max_new_tokens = 24
+    c.sampler.temperature = 1.0
+    c.grpo.G = 4
+    c.grpo.micro_batch_size = 32
+    c.grpo.beta = 0.0  # no reference forward on 2 CPU cores (the reference uses 0.04)
+    c.optim.lr = 1e-3
+    c.optim.schedule = "constant"
+    c.optim.grad_clip = 1.0
+
+    c.sft.warmup_steps = 40
+    c.sft.lr = 1e-2
+    c.sft.micro_batch_size = 8
+    c.sft.think = "one shape"
+
+    c.eval.max_new_tokens = 24
+    c.eval.batch_size = 16
+    c.ckpt.every = 0  # save at the end (and on SIGTERM)
     return c
