@@ -143,6 +143,9 @@ def get_config(arg=None):
     c.eval = ml_collections.ConfigDict()
     c.eval.max_new_tokens = 256  # greedy decoding length for evaluators
     c.eval.batch_size = 16
+    # Also score num_samples sampled completions per held-out prompt (sampler settings): the
+    # held-out expected reward GRPO optimises. 0 = greedy evaluation only.
+    c.eval.num_samples = 0
     c.eval.detection_gate = "gt"  # categories asked per image: "gt", "verified" (LVIS), "all", an
     # exist-map JSON path {image id or file name: [names]} (the reference gates with its baseline)
 

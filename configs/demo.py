@@ -72,5 +72,6 @@ def get_config(arg=None):
 
     c.eval.max_new_tokens = 24
     c.eval.batch_size = 16
+    c.eval.num_samples = 4  # held-out sampled reward (what GRPO optimises), besides greedy
     c.ckpt.every = 0  # save at the end (and on SIGTERM)
     return c

@@ -373,18 +373,44 @@ def run_evals(config, workdir, processor, generate, tag) -> dict:
 
     def predict(examples):
         texts = base(examples)
-        seen.extend((e.solution, t) for e, t in zip(examples, texts))
+        seen.extend((e, t) for e, t in zip(examples, texts))
         return texts
 
     metrics = {}
     for evaluator in make_evaluators(config, os.path.join(workdir, "eval", tag)):
         metrics.update(evaluator.run(predict))
     if seen:
-        solutions, texts = zip(*seen)
+        examples, texts = zip(*seen)
+        solutions = [e.solution for e in examples]
         total, per = rewards.score(texts, solutions, config.rewards, config.reward)
         metrics["reward/total_mean"] = float(np.mean(total))
         metrics.update({f"reward/{k}": float(np.mean(v)) for k, v in per.items()})
+        if config.eval.num_samples > 0:
+            metrics.update(sampled_reward(config, processor, generate, examples))
     return {k: float(v) for k, v in metrics.items()}
+
+
+def sampled_reward(config, processor, generate, examples) -> dict:
+    """Held-out expected reward under the sampling policy (what GRPO maximises): each held-out
+    prompt gets config.eval.num_samples completions at config.sampler's temperature / top-k /
+    top-p. The RNG is fixed per batch, so evaluations of different parameters are comparable."""
+    k, size = config.eval.num_samples, config.eval.batch_size
+    texts, solutions = [], []
+    for i in range(0, len(examples), size):
+        chunk = examples[i : i + size]
+        batch = processor.encode_batch([([e.image], e.problem) for e in chunk])
+        out = generate(
+            **batch, max_new_tokens=config.sampler.max_new_tokens, num_samples=k,
+            temperature=config.sampler.temperature, top_k=config.sampler.top_k,
+            top_p=config.sampler.top_p, rng=jax.random.key(config.seed + 7919 + i),
+            eos_token_ids=processor.special.eos, pad_token_id=processor.special.pad,
+        )  # fmt: skip
+        texts += processor.decode(out.tokens, out.mask)
+        solutions += [e.solution for e in chunk for _ in range(k)]
+    total, per = rewards.score(texts, solutions, config.rewards, config.reward)
+    out = {"sampled/total_mean": float(np.mean(total))}
+    out.update({f"sampled/{name}": float(np.mean(v)) for name, v in per.items()})
+    return out
 
 
 # ---- Results table and reward curve --------------------------------------------------------------
