@@ -224,6 +224,10 @@ def place_batch(batch, mesh):
     prompt = {k: v for k, v in batch.items() if k in PROMPT_KEYS and v is not None}
     seq = {k: v for k, v in batch.items() if k not in PROMPT_KEYS}
     placed = jax.device_put(prompt, sharding.replicated(mesh))
+    # Every process holds the whole step batch (identical prompts everywhere, as the replicated
+    # prompt arrays require); each contributes its own slice of the sequence rows.
+    pi, pc = jax.process_index(), jax.process_count()
+    seq = {k: v[v.shape[0] * pi // pc : v.shape[0] * (pi + 1) // pc] for k, v in seq.items()}
     placed.update(sharding.shard_batch(seq, mesh))
     return placed
 
@@ -242,14 +246,15 @@ def make_train_state(params_state, tx, mesh, rules, seed):
     # the update's out_shardings (otherwise the second step compiles again).
     def spread(x):
         on_mesh = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
-        return x if on_mesh else jax.device_put(x, replicated)
+        return x if on_mesh else jax.device_put(np.asarray(x), replicated)
 
     opt_state = jax.tree.map(spread, jax.jit(tx.init)(params))
     state = {
         "params": params,
         "opt_state": opt_state,
         "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-        "rng": jax.device_put(jax.random.key(seed), replicated),
+        # Built under jit: device_put of a host key onto devices of several processes is refused.
+        "rng": jax.jit(lambda: jax.random.key(seed), out_shardings=replicated)(),
     }
     return state, jax.tree.map(lambda x: x.sharding, state)
 

@@ -127,6 +127,9 @@ def run(config, workdir: str) -> dict:
         num_workers=config.data.num_workers,
         max_bad_fraction=config.data.max_bad_fraction,
         drop_remainder=True,
+        # Every host reads the whole batch; steps.place_batch keeps this host's sequence rows.
+        process_index=0,
+        process_count=1,
     )
     data_iter = iter(pipeline)
     if "data" in extra:
@@ -343,6 +346,7 @@ def sft_warmup(config, processor, graphdef, params_state, mesh, rules, state, fn
         Pipeline(
             source, batch_size=config.input.batch_size, seed=config.seed + 1, num_epochs=None,
             num_workers=config.data.num_workers, drop_remainder=True,
+            process_index=0, process_count=1,
         )
     )  # fmt: skip
     for _ in tqdm(range(config.sft.warmup_steps), desc="sft warm-up"):
