@@ -18,8 +18,8 @@ from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.inputs import PromptProcessor
 from vrft_jax.metrics import Timer
 
-GRPO_STEPS = 10
-MARGIN = 0.1  # held-out mean total reward (format + accuracy, 0..2); chosen from measured runs
+GRPO_STEPS = 20
+MARGIN = 0.1  # held-out sampled total reward (format + accuracy, 0..2); measured gain 0.26
 
 
 def make_config():
@@ -27,7 +27,7 @@ def make_config():
     c.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
     c.total_steps = GRPO_STEPS
     c.sft.warmup_steps = 38  # sampled completions have the full format only sometimes
-    c.data.num_eval_examples = 16
+    c.data.num_eval_examples = 24
     c.eval.batch_size = 16
     return c
 
@@ -75,5 +75,6 @@ def test_grpo_beats_flipped_sign_from_same_warm_start(setup, tmp_path):
     up = grpo_arm(setup, 1.0, tmp_path)[key]
     down = grpo_arm(setup, -1.0, tmp_path)[key]
     print(f"held-out sampled reward: warm start {start:.3f}, GRPO {up:.3f}, flipped {down:.3f}")
+    # Measured (2 loaded cores): warm start 0.219, GRPO 0.479, flipped sign 0.000.
     assert up >= start + MARGIN
     assert up >= down + 2 * MARGIN
