@@ -420,6 +420,15 @@ def sampled_reward(config, processor, generate, examples) -> dict:
 # ---- Results table and reward curve --------------------------------------------------------------
 
 
+def _column_title(name: str) -> str:
+    """ "reward/format" -> "greedy:format" (greedy decoding), "sampled/format" -> "sampled:format"
+    (expected reward over sampled completions), "classification/accuracy" -> "accuracy"."""
+    group, _, metric = name.partition("/")
+    if group in ("reward", "sampled"):
+        return ("greedy:" if group == "reward" else "sampled:") + metric
+    return metric or name
+
+
 def results_table(evaluations: dict) -> str:
     """Rows = evaluations in order, columns = metrics every evaluation has (accuracy, rewards)."""
     if not evaluations:
@@ -427,11 +436,12 @@ def results_table(evaluations: dict) -> str:
     names = [k for k in next(iter(evaluations.values())) if "num_examples" not in k]
     names = [k for k in names if "bad_images" not in k]
     names = [k for k in names if all(k in e for e in evaluations.values())]
+    titles = [_column_title(n) for n in names]
     width = max(len(t) for t in evaluations) + 2
-    head = "".ljust(width) + "".join(n.split("/")[-1][:22].rjust(24) for n in names)
-    lines = [head]
+    col = max(len(t) for t in titles) + 2
+    lines = ["".ljust(width) + "".join(t.rjust(col) for t in titles)]
     for tag, metrics in evaluations.items():
-        lines.append(tag.ljust(width) + "".join(f"{metrics[n]:24.3f}" for n in names))
+        lines.append(tag.ljust(width) + "".join(f"{metrics[n]:{col}.3f}" for n in names))
     return "\n".join(lines)
 
 
@@ -443,7 +453,7 @@ def write_results(workdir, evaluations, history, wall_s):
         json.dump({"evaluations": evaluations, "wall_s": wall_s}, f, indent=1)
     table = results_table(evaluations)
     if table:
-        print(f"\nHeld-out results (greedy decoding), wall time {wall_s:.0f} s:\n{table}\n")
+        print(f"\nHeld-out results, wall time {wall_s:.0f} s:\n{table}\n")
     curve = [(h["step"], h["reward/total_mean"]) for h in history if "reward/total_mean" in h]
     if curve:
         import matplotlib
