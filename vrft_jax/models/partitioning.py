@@ -11,16 +11,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-DEFAULT_RULES = (
-    ("embed", "fsdp"),
-    ("vision_embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("vision_mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("vision_heads", "tensor"),
-    ("vocab", "tensor"),
-)
+from vrft_jax.sharding import DEFAULT_RULES  # one rule table for the model and the trainer
 
 
 def logical_to_mesh_spec(names, shape, mesh, rules=DEFAULT_RULES) -> PartitionSpec:
