@@ -65,6 +65,30 @@ def test_bucket_helpers():
         buckets.pad_images(np.ones((20, 4)), [[1, 4, 6]])
 
 
+def test_pad_images_layouts():
+    """auto picks slots when they hold no more patches than the packed bucket, or when the packed
+    patches exceed every bucket; each image starts its own slot."""
+    grids = [[1, 4, 6], [1, 2, 8], [1, 4, 4]]  # 24 + 16 + 16 patches
+    pv = np.arange(1, 57, dtype=np.float32)[:, None].repeat(2, 1)
+    slots, grid = buckets.pad_images(pv, grids, (32,), (4,))
+    assert slots.shape == (4, 32, 2)  # 56 packed patches exceed the 32 bucket: slots
+    packed, _ = buckets.pad_images(pv, grids, (32, 64), (4,))
+    assert packed.shape == (64, 2)  # 4 slots x 32 = 128 > 64 packed: packed
+    np.testing.assert_array_equal(slots[0, :24, 0], np.arange(1, 25))
+    np.testing.assert_array_equal(slots[1, :16, 0], np.arange(25, 41))
+    np.testing.assert_array_equal(slots[2, :16, 0], np.arange(41, 57))
+    assert slots[0, 24:].sum() == 0 and slots[3].sum() == 0
+    np.testing.assert_array_equal(grid[3], [0, 0, 0])
+    same_size, _ = buckets.pad_images(np.ones((64, 2)), [[1, 4, 4]] * 4, (16, 64), (4,))
+    assert same_size.shape == (4, 16, 2)  # 4 x 16 == 64: slots
+    forced, _ = buckets.pad_images(np.ones((64, 2)), [[1, 4, 4]] * 4, (16, 64), (4,), "packed")
+    assert forced.shape == (64, 2)
+    with pytest.raises(ValueError, match="patches of one image 24 exceeds the largest bucket 16"):
+        buckets.pad_images(pv, grids, (16,), (4,))
+    with pytest.raises(ValueError, match="auto, packed or slots"):
+        buckets.pad_images(pv, grids, layout="ragged")
+
+
 def test_defaults_mirror_base_config():
     from configs.base import get_config
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 import tiny_hf  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from vrft_jax import hf  # noqa: E402
+from vrft_jax import buckets, hf  # noqa: E402
 from vrft_jax.models import get_rope_index  # noqa: E402
 
 TOL = 1e-5  # max |diff| / max |logits| in float32
@@ -114,6 +114,49 @@ def test_vision_tower_and_merged_embeddings(pair):
     x = nnx.jit(lambda m, i, e: m.embed(i, e))(model, jnp.asarray(ids), jnp.asarray(ours))
     err = rel_err(x, captured["x"])
     print(f"merged embeddings rel err {err:.2e}")
+    assert err <= TOL
+
+
+def test_slots_layout_matches_transformers(pair):
+    """Per-image slots (pad_images layout "slots", what "auto" picks for similar-size images):
+    vision tokens and logits equal transformers', and the packed layout's, on a left-padded batch
+    with two images of different sizes in one row and a text-only row."""
+    torch_model, model, path = pair
+    if "untied" in path:
+        pytest.skip("the image layout does not depend on the head (checked on the tied model)")
+    rng = np.random.default_rng(6)
+    g0, g2 = [(1, 4, 6), (1, 10, 4)], [(1, 6, 6)]
+    rows = [
+        tiny_hf.image_prompt(rng, 3, g0, 4),
+        list(rng.integers(0, 151000, 9)),
+        tiny_hf.image_prompt(rng, 2, g2, 3),
+    ]
+    ids, mask = tiny_hf.left_pad(rows)
+    pv, grid = tiny_hf.random_pixels(rng, g0 + g2)
+    slots, slot_grid = buckets.pad_images(pv, grid, (64,), (4,), layout="slots")
+    packed, packed_grid = buckets.pad_images(pv, grid, (256,), (4,), layout="packed")
+    assert slots.shape == (4, 64, 1176) and packed.shape == (256, 1176)
+
+    encode = nnx.jit(lambda m, p, g: m.encode_images(p, g))
+    ours = np.asarray(encode(model, jnp.asarray(slots), jnp.asarray(slot_grid)))
+    with torch.no_grad():
+        feats = torch_model.model.get_image_features(
+            torch.as_tensor(pv), torch.as_tensor(grid)
+        ).pooler_output
+    ref = torch.cat(feats).numpy()
+    assert ours.shape == (4 * 64 // 4, ref.shape[1])
+    err = rel_err(ours[: ref.shape[0]], ref)
+    print(f"vision tower, slots layout, rel err {err:.2e}")
+    assert err <= TOL
+    from_packed = np.asarray(encode(model, jnp.asarray(packed), jnp.asarray(packed_grid)))
+    assert rel_err(ours[: ref.shape[0]], from_packed[: ref.shape[0]]) <= TOL
+
+    ids_b, mask_b = buckets.pad_left(ids, mask, 64, tiny_hf.PAD)
+    forward = nnx.jit(lambda m, *a: m.forward(*a))
+    logits = forward(model, jnp.asarray(ids_b), jnp.asarray(mask_b), slots, slot_grid)
+    ref_logits = tiny_hf.hf_logits(torch_model, ids, mask, pv, grid)
+    err = rel_err(np.asarray(logits)[:, -ids.shape[1] :], ref_logits, mask)
+    print(f"logits, slots layout, rel err {err:.2e}")
     assert err <= TOL
 
 

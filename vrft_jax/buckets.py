@@ -2,7 +2,8 @@
 
 Host-side helpers pad the processor's arrays up to the next bucket:
 - prompt length T: left padding (pad id, mask 0), so real tokens stay right-aligned;
-- packed patches S: zero patches appended after the last image (their own attention segment);
+- images: packed patches S with zero patches appended after the last image (their own attention
+  segment), or one slot of Q patches per image (see pad_images);
 - image count I: grid rows (0, 0, 0) appended.
 
 The DEFAULT_* values mirror configs/base.py (input.prompt_buckets, input.patch_buckets; a test
@@ -47,23 +48,45 @@ def pad_left(input_ids, attention_mask, length: int, pad_id: int):
     return ids, mask
 
 
-def pad_images(pixel_values, image_grid_thw, patch_buckets=None, image_buckets=None):
-    """Pads packed patches [S, P] to a patch bucket and grids [I, 3] to an image-count bucket.
+def pad_images(
+    pixel_values, image_grid_thw, patch_buckets=None, image_buckets=None, layout: str = "auto"
+):
+    """Pads the processor's packed patches [S, P] and grids [I, 3] for the vision tower.
 
-    Returns (pixel_values [S_b, P], image_grid_thw int32 [I_b, 3]).
+    layout "packed": patches to a patch bucket -> pixel_values [S_b, P].
+    layout "slots": one slot per image, Q = the patch bucket of the largest image ->
+      pixel_values [I_b, Q, P] (image i at the start of slot i, zeros after).
+    layout "auto": slots when they hold no more patches than the packed form (I_b * Q <= S_b, e.g.
+      images of similar sizes), so attention costs I_b * Q^2 instead of S_b^2, or when the packed
+      patches exceed the largest bucket; otherwise packed.
+    Either way image_grid_thw is padded to an image-count bucket: int32 [I_b, 3].
     """
+    if layout not in ("auto", "packed", "slots"):
+        raise ValueError(f"image layout must be auto, packed or slots, got {layout!r}")
     pv = np.asarray(pixel_values)
     grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
-    total = int(np.prod(grid, axis=1).sum())
-    if total != pv.shape[0]:
+    sizes = np.prod(grid, axis=1)
+    if int(sizes.sum()) != pv.shape[0]:
         raise ValueError(
-            f"pixel_values has {pv.shape[0]} patches but image_grid_thw sums to {total} (t*h*w)"
+            f"pixel_values has {pv.shape[0]} patches but image_grid_thw sums to {int(sizes.sum())}"
+            " (t*h*w)"
         )
-    s = bucket(pv.shape[0], patch_buckets or DEFAULT_PATCH_BUCKETS, "patch count")
+    patch_buckets = patch_buckets or DEFAULT_PATCH_BUCKETS
     i = bucket(grid.shape[0], image_buckets or DEFAULT_IMAGE_BUCKETS, "image count")
-    pv = np.pad(pv, ((0, s - pv.shape[0]), (0, 0)))
-    grid = np.pad(grid, ((0, i - grid.shape[0]), (0, 0))).astype(np.int32)
-    return pv, grid
+    grid_b = np.pad(grid, ((0, i - grid.shape[0]), (0, 0))).astype(np.int32)
+    slot = bucket(int(sizes.max(initial=1)), patch_buckets, "patches of one image")
+    if layout == "auto":
+        # Past the largest patch bucket the packed form is impossible; slots only need one image
+        # to fit a bucket.
+        packed = length_bucket(pv.shape[0], patch_buckets)
+        layout = "slots" if i * slot <= packed or packed > max(patch_buckets) else "packed"
+    if layout == "packed":
+        s = bucket(pv.shape[0], patch_buckets, "patch count")
+        return np.pad(pv, ((0, s - pv.shape[0]), (0, 0))), grid_b
+    out = np.zeros((i, slot, pv.shape[1]), pv.dtype)
+    for k, (start, size) in enumerate(zip(np.cumsum(sizes) - sizes, sizes)):
+        out[k, :size] = pv[start : start + size]
+    return out, grid_b
 
 
 # ---- Trace counter: a jitted function calls note_trace(name) in its body (runs once per compile)

@@ -1,0 +1,122 @@
+"""Benchmark: the vision tower's packed layout vs per-image slots (vrft_jax.buckets.pad_images).
+
+    PYTHONPATH=. python bench/vision_layouts.py                  # 2b shapes, compiled cost only
+    PYTHONPATH=. python bench/vision_layouts.py --preset small --time
+
+For B images of one size (2b: 8 images of 448x448 = 1024 patches each, the Visual-RFT setting)
+it compiles the vision tower forward (and, with --grad, forward + backward, what a GRPO step runs)
+for both layouts WITHOUT materialising weights (abstract shapes), and prints XLA's cost analysis
+(flops, bytes accessed) and memory analysis (temporaries) of each, and the ratios. --time also
+runs both on random weights and prints wall time (use a small preset on CPU).
+Imports no ml_collections / pycocotools / tfds.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vrft_jax import buckets
+from vrft_jax.models import Qwen2VL, get_preset
+
+PRESETS = {
+    "2b": dict(config={}, images=8, side=448, dtype="bfloat16"),
+    "small": dict(
+        config=dict(
+            vision_depth=2,
+            vision_embed_dim=128,
+            vision_num_heads=4,
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=(8, 12, 12),
+        ),
+        images=8,
+        side=224,
+        dtype="float32",
+    ),
+}
+
+
+def cost(compiled):
+    """(flops, bytes accessed, temporary bytes) of a compiled program (None where unknown)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device
+        analysis = analysis[0] if analysis else {}
+    analysis = analysis or {}
+    try:
+        temp = compiled.memory_analysis().temp_size_in_bytes
+    except Exception:  # not every backend reports it
+        temp = None
+    return analysis.get("flops"), analysis.get("bytes accessed"), temp
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="2b")
+    ap.add_argument("--images", type=int, help="override the image count")
+    ap.add_argument("--grad", action="store_true", help="forward + backward (a GRPO step's VJP)")
+    ap.add_argument("--time", action="store_true", help="also run both on random weights")
+    a = ap.parse_args()
+    p = PRESETS[a.preset]
+    images = a.images or p["images"]
+    dtype = p["dtype"]
+    config = get_preset("2b", **p["config"]).replace(param_dtype=dtype, compute_dtype=dtype)
+    side = p["side"] // config.patch_size
+    grid = np.asarray([(1, side, side)] * images)
+    pixels = np.random.default_rng(0).standard_normal((images * side * side, config.patch_dim))
+    pixels = pixels.astype(np.float32)
+    layouts = {name: buckets.pad_images(pixels, grid, layout=name) for name in ("packed", "slots")}
+
+    abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+
+    def forward(params, pv, g):
+        return nnx.merge(graphdef, params).encode_images(pv, g)
+
+    def loss(params, pv, g):
+        return jnp.sum(forward(params, pv, g).astype(jnp.float32) ** 2)
+
+    fn = jax.jit(jax.grad(loss) if a.grad else forward)
+    print(
+        f"preset {a.preset}: {images} images of {side}x{side} patches, vision depth "
+        f"{config.vision_depth}, width {config.vision_embed_dim}, {p['dtype']}, "
+        f"{'forward + backward' if a.grad else 'forward'}; backend {jax.default_backend()}"
+    )
+    results = {}
+    for name, (pv, g) in layouts.items():
+        t0 = time.perf_counter()
+        compiled = fn.lower(state, jax.ShapeDtypeStruct(pv.shape, pv.dtype), g).compile()
+        flops, nbytes, temp = cost(compiled)
+        results[name] = (flops, nbytes, temp)
+        temp_s = "n/a" if temp is None else f"{temp / 2**30:.2f} GiB"
+        print(
+            f"  {name:6s} pixel_values {tuple(pv.shape)}: {flops / 1e9:.1f} GFLOP, "
+            f"{nbytes / 1e9:.1f} GB accessed, temporaries {temp_s} "
+            f"(compiled in {time.perf_counter() - t0:.1f}s)"
+        )
+    (f0, b0, t0_), (f1, b1, t1) = results["packed"], results["slots"]
+    ratio_t = f" temporaries {t0_ / t1:.1f}x" if t0_ and t1 else ""
+    print(f"packed / slots: flops {f0 / f1:.1f}x, bytes {b0 / b1:.1f}x,{ratio_t}")
+
+    if a.time:
+        from vrft_jax.models import random_qwen2_vl
+
+        model = random_qwen2_vl(config, seed=0, dtype=p["dtype"])
+        params = nnx.state(model)
+        for name, (pv, g) in layouts.items():
+            out = jax.block_until_ready(fn(params, pv, g))  # compile + run once
+            start = time.perf_counter()
+            for _ in range(3):
+                out = jax.block_until_ready(fn(params, pv, g))
+            print(f"  {name:6s} {1e3 * (time.perf_counter() - start) / 3:.1f} ms per call")
+        del out
+
+
+if __name__ == "__main__":
+    main()
