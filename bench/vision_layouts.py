@@ -61,12 +61,15 @@ def main():
     ap.add_argument("--preset", choices=sorted(PRESETS), default="2b")
     ap.add_argument("--images", type=int, help="override the image count")
     ap.add_argument("--grad", action="store_true", help="forward + backward (a GRPO step's VJP)")
+    ap.add_argument("--remat", choices=("none", "full", "dots"), default="none")
     ap.add_argument("--time", action="store_true", help="also run both on random weights")
     a = ap.parse_args()
     p = PRESETS[a.preset]
     images = a.images or p["images"]
     dtype = p["dtype"]
-    config = get_preset("2b", **p["config"]).replace(param_dtype=dtype, compute_dtype=dtype)
+    config = get_preset("2b", **p["config"]).replace(
+        param_dtype=dtype, compute_dtype=dtype, remat=a.remat
+    )
     side = p["side"] // config.patch_size
     grid = np.asarray([(1, side, side)] * images)
     pixels = np.random.default_rng(0).standard_normal((images * side * side, config.patch_dim))
@@ -86,7 +89,8 @@ def main():
     print(
         f"preset {a.preset}: {images} images of {side}x{side} patches, vision depth "
         f"{config.vision_depth}, width {config.vision_embed_dim}, {p['dtype']}, "
-        f"{'forward + backward' if a.grad else 'forward'}; backend {jax.default_backend()}"
+        f"{'forward + backward' if a.grad else 'forward'}, remat {a.remat}; "
+        f"backend {jax.default_backend()}"
     )
     results = {}
     for name, (pv, g) in layouts.items():
