@@ -106,8 +106,9 @@ def completion_logprobs(
 ):
     """logp [N, C] (and entropy [N, C] or None) of N = B*G completions of B prompts.
 
-    model: a Qwen2VL, or a (graphdef, params) pair. pixel_values [S, 1176] / image_grid_thw [I, 3]
-    packed as the model's encode_images takes them (pad with vrft_jax.buckets.pad_images), or None.
+    model: a Qwen2VL, or a (graphdef, params) pair. pixel_values ([S, 1176] packed or [I, Q, 1176]
+    slots) / image_grid_thw [I, 3] as the model's encode_images takes them (pad with
+    vrft_jax.buckets.pad_images), or None.
     """
     if isinstance(model, tuple):
         graphdef, params = model

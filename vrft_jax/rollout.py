@@ -23,7 +23,7 @@ class RolloutBatch:
 
     prompt_ids: np.ndarray  # int32 [B, P], left padded to a prompt bucket
     prompt_mask: np.ndarray  # int32 [B, P]
-    pixel_values: np.ndarray | None  # float32 [S, 1176], padded to a patch bucket
+    pixel_values: np.ndarray | None  # float32 [S, 1176] or slots [I, Q, 1176] (buckets.pad_images)
     image_grid_thw: np.ndarray | None  # int32 [I, 3], padded with (0, 0, 0) rows
     completion_ids: np.ndarray  # int32 [N, C]
     completion_mask: np.ndarray  # int32 [N, C], 1 up to and including the stop token

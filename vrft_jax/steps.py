@@ -5,8 +5,9 @@ params are `nnx.split(model, nnx.Param)[1].to_pure_dict()` and `graphdef` is sta
 
 Batches (numpy on the host, placed by `place_batch`):
   prompt side, replicated:  prompt_ids / prompt_mask int32 [B, P] (left padded),
-                            pixel_values float32 [S, 1176], image_grid_thw int32 [I, 3] (padded
-                            with vrft_jax.buckets.pad_images; both absent for text-only prompts)
+                            pixel_values float32 [S, 1176] packed or [I, Q, 1176] per-image slots,
+                            image_grid_thw int32 [I, 3] (from vrft_jax.buckets.pad_images; both
+                            absent for text-only prompts)
   sequence side, split over (data, fsdp): completion_ids int32 [N, C], completion_mask [N, C]
                             and, GRPO only, advantages [N], sampler_logps [N, C], ref_logps [N, C]
                             (when beta != 0), old_logps [N, C] (when mu > 1)

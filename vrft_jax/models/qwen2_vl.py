@@ -42,7 +42,8 @@ class Qwen2VL(nnx.Module):
     # ---- jittable pieces ----------------------------------------------------------------------
 
     def encode_images(self, pixel_values, image_grid_thw):
-        """Packed pixel_values [S, 1176] (padding patches at the end) + grid [I, 3] -> [S/4, E]."""
+        """Packed pixel_values [S, 1176] (padding patches at the end) -> [S/4, E], or per-image
+        slots [I, Q, 1176] -> [I*Q/4, E] (see buckets.pad_images); grid int [I, 3]."""
         return self.visual(pixel_values, image_grid_thw)
 
     def embed(self, input_ids, image_embeds=None):
