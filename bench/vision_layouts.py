@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python bench/vision_layouts.py                  # 2b shapes, compiled cost only
     PYTHONPATH=. python bench/vision_layouts.py --preset small --time
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 PYTHONPATH=. \
+        python bench/vision_layouts.py --grad --split   # + slots split over 8 devices
 
 For B images of one size (2b: 8 images of 448x448 = 1024 patches each, the Visual-RFT setting)
 it compiles the vision tower forward (and, with --grad, forward + backward, what a GRPO step runs)
@@ -62,6 +64,12 @@ def main():
     ap.add_argument("--images", type=int, help="override the image count")
     ap.add_argument("--grad", action="store_true", help="forward + backward (a GRPO step's VJP)")
     ap.add_argument("--remat", choices=("none", "full", "dots"), default="none")
+    ap.add_argument(
+        "--split",
+        action="store_true",
+        help="also compile the slots split over all devices (what steps.place_batch does); on CPU "
+        "run with XLA_FLAGS=--xla_force_host_platform_device_count=8",
+    )
     ap.add_argument("--time", action="store_true", help="also run both on random weights")
     a = ap.parse_args()
     p = PRESETS[a.preset]
@@ -107,6 +115,22 @@ def main():
     (f0, b0, t0_), (f1, b1, t1) = results["packed"], results["slots"]
     ratio_t = f" temporaries {t0_ / t1:.1f}x" if t0_ and t1 else ""
     print(f"packed / slots: flops {f0 / f1:.1f}x, bytes {b0 / b1:.1f}x,{ratio_t}")
+
+    if a.split and jax.device_count() > 1:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.asarray(jax.devices()), ("data",))
+        pv, g = layouts["slots"]
+        split = NamedSharding(mesh, PartitionSpec("data"))
+        rep = NamedSharding(mesh, PartitionSpec())
+        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
+        for name, where in (("replicated", rep), ("split", split)):
+            arg = jax.ShapeDtypeStruct(pv.shape, pv.dtype, sharding=where)
+            flops, nbytes, temp = cost(fn.lower(params, arg, jax.device_put(g, rep)).compile())
+            print(
+                f"  slots {name:10s} over {jax.device_count()} devices: per device "
+                f"{flops / 1e9:.1f} GFLOP, {nbytes / 1e9:.1f} GB accessed"
+            )
 
     if a.time:
         from vrft_jax.models import random_qwen2_vl

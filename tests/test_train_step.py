@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import base
-from vrft_jax import optim, policy, sharding, steps
+from vrft_jax import buckets, optim, policy, sharding, steps
 from vrft_jax.models import get_preset, random_qwen2_vl
 
 # A tiny model with a small vocabulary (own special ids) so 5 compiles stay quick on 2 cores.
@@ -122,6 +122,31 @@ def test_sharded_step_matches_one_device(name, one_device):
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6),
         state["params"],
+        want_state["params"],
+    )
+
+
+@pytest.mark.parametrize("name", ["data8", "data2_fsdp2_tensor2"])
+def test_image_slots_split_over_devices_match_one_device(name, one_device):
+    """Per-image slots split over the batch axes (each device encodes its own images) give the
+    same step as one device with the packed images."""
+    _, want_state, want, _ = one_device
+    batch = make_batch()
+    batch["pixel_values"], batch["image_grid_thw"] = buckets.pad_images(
+        batch["pixel_values"], batch["image_grid_thw"], (16,), (8,), layout="slots"
+    )
+    mesh, state, fns = build(MESHES[name], make_config())
+    placed = steps.place_batch(batch, mesh)
+    shards = placed["pixel_values"].addressable_shards
+    assert placed["pixel_values"].shape == (8, 16, 1176)
+    assert {s.data.shape for s in shards} == {(8 // (8 // mesh.shape["tensor"]), 16, 1176)}
+    state, metrics = fns.update_grpo(state, placed)
+    metrics = steps.host_metrics(metrics)
+    np.testing.assert_allclose(metrics["loss"], want["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["grad_norm"], want["grad_norm"], rtol=1e-4)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6),
+        jax.device_get(state["params"]),
         want_state["params"],
     )
 

@@ -221,16 +221,36 @@ def sequence_logprobs(graphdef, params, batch, micro_batch_size):
 
 
 def place_batch(batch, mesh):
-    """Host arrays -> device arrays: prompt side replicated, sequence side split over the batch."""
+    """Host arrays -> device arrays: prompt side replicated, sequence side split over the batch.
+
+    Images in the per-image slots layout [I, Q, 1176] are split over the batch axes too when I
+    divides by them: each device then runs the vision tower (forward and VJP) on its own images
+    only, instead of every device encoding every image.
+    """
     prompt = {k: v for k, v in batch.items() if k in PROMPT_KEYS and v is not None}
     seq = {k: v for k, v in batch.items() if k not in PROMPT_KEYS}
+    pixels = prompt.get("pixel_values")
+    split_images = pixels is not None and pixels.ndim == 3 and pixels.shape[0] % _ways(mesh) == 0
+    if split_images:
+        pixels = np.asarray(pixels)  # every process holds all images: each takes its devices' part
+        by_image = sharding.batch_sharding(mesh)
+        prompt.pop("pixel_values")
     placed = jax.device_put(prompt, sharding.replicated(mesh))
+    if split_images:
+        placed["pixel_values"] = jax.make_array_from_callback(
+            pixels.shape, by_image, lambda index: pixels[index]
+        )
     # Every process holds the whole step batch (identical prompts everywhere, as the replicated
     # prompt arrays require); each contributes its own slice of the sequence rows.
     pi, pc = jax.process_index(), jax.process_count()
     seq = {k: v[v.shape[0] * pi // pc : v.shape[0] * (pi + 1) // pc] for k, v in seq.items()}
     placed.update(sharding.shard_batch(seq, mesh))
     return placed
+
+
+def _ways(mesh) -> int:
+    """How many ways the batch axes split a batch on `mesh`."""
+    return int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
 
 
 def make_train_state(params_state, tx, mesh, rules, seed):
