@@ -11,7 +11,15 @@ from flax import nnx
 
 from vrft_jax.models import rope
 from vrft_jax.models.config import Qwen2VLConfig
-from vrft_jax.models.layers import attention, param, rms_norm, scan_layers, values
+from vrft_jax.models.layers import (
+    attention,
+    cached_attention,
+    grouped_attention,
+    param,
+    rms_norm,
+    scan_layers,
+    values,
+)
 
 LAYER_PARAMS = (
     "input_norm",
@@ -58,8 +66,9 @@ class DecoderLayers(nnx.Module):
 
 
 def decoder_layer(x, p, cos, sin, mask, eps, implementation, cache_kv=None, cache_index=0):
-    """x [B, T, E] -> (x, (k, v)). With cache_kv ([B, Tmax, K, D] each) the new keys/values are
-    written at cache_index and attention runs over the whole cache; returns the updated cache."""
+    """x [B, T, E] -> (x, (k, v)). With cache_kv = (k, v, layer) the new keys/values are written at
+    cache_index and attention runs over the whole cache; returns the updated cache. layer an int
+    index: k/v are the stacked [L, B, Tmax, K, D]; layer None: this layer's [B, K, Tmax, D]."""
     dt = x.dtype
     h = rms_norm(x, p["input_norm"], eps)
     q = jnp.einsum("bte,ehd->bthd", h, p["q_kernel"].astype(dt)) + p["q_bias"].astype(dt)
@@ -68,19 +77,37 @@ def decoder_layer(x, p, cos, sin, mask, eps, implementation, cache_kv=None, cach
     q = rope.apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = rope.apply_rotary(k, cos[:, :, None], sin[:, :, None])
     if cache_kv is not None:
-        # The whole stacked cache [L, B, Tmax, K, D] rides in the scan carry and only the T new
-        # columns are written (in place), then this layer's slice is read for attention.
         ck, cv, layer = cache_kv
-        at = (layer, 0, cache_index, 0, 0)
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], at)
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], at)
-        k = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False).astype(dt)
-        v = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(dt)
+        kh = k.shape[2]  # kv heads
+        if layer is None:
+            # This layer's own buffers [B, K, Tmax, D] (kv-head major, the form attention reads
+            # without a transposed copy): write the T new columns in place.
+            at = (0, 0, cache_index, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 1, 3).astype(ck.dtype), at)
+            cv = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), at)
+            o = grouped_attention(q, ck.astype(dt), cv.astype(dt), mask)
+        else:
+            # The whole stacked cache [L, B, Tmax, K, D] rides in the scan carry and only the T
+            # new columns are written (in place), then this layer's slice is read for attention.
+            at = (layer, 0, cache_index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], at)
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], at)
+            k = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False).astype(dt)
+            v = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(dt)
+            k, v = (a.reshape(a.shape[0], -1, a.shape[-1]) for a in (k, v))  # [B, Tmax*K, D]
+            o = cached_attention(q, k, v, mask, kh)
         new_kv = (ck, cv)
     else:
         new_kv = None
-    o = attention(q, k, v, mask, implementation)
-    x = x + jnp.einsum("bthd,hde->bte", o, p["o_kernel"].astype(dt))
+        o = attention(q, k, v, mask, implementation)
+    if cache_kv is None:
+        x = x + jnp.einsum("bthd,hde->bte", o, p["o_kernel"].astype(dt))
+    else:
+        # One contraction over the flattened (head, feature) axis: with einsum's two contracting
+        # axes CPU XLA transposed the [H, D, E] kernel every decode step.
+        hd = o.shape[2] * o.shape[3]
+        o_kernel = p["o_kernel"].astype(dt).reshape(hd, -1)
+        x = x + jnp.einsum("btf,fe->bte", o.reshape(*o.shape[:2], hd), o_kernel)
     h = rms_norm(x, p["post_norm"], eps)
     gate = jnp.einsum("bte,em->btm", h, p["gate_kernel"].astype(dt))
     up = jnp.einsum("bte,em->btm", h, p["up_kernel"].astype(dt))
@@ -104,38 +131,77 @@ class Decoder(nnx.Module):
                 rngs.params(), (c.hidden_size, c.vocab_size), ("embed", "vocab"), dt
             )
 
-    def __call__(self, x, positions, kv_mask=None, cache=None, cache_index=0):
-        """x [B, T, E], positions int [3, B, T], kv_mask bool [B, Tk] -> (normed hidden, cache)."""
+    def split_layers(self):
+        """The stacked layer parameters as L per-layer dicts {name: array} (static slices).
+
+        Made once outside a decode loop, they let every step read each layer's weights directly;
+        slicing the stacked [L, ...] arrays inside the loop copies every weight each step on
+        backends whose matmuls cannot read a slice in place (CPU; GPU where no fusion absorbs it).
+        """
+        params = values(self.layers, LAYER_PARAMS)
+        return tuple(
+            {k: v[i] for k, v in params.items()} for i in range(self.config.num_hidden_layers)
+        )
+
+    def __call__(self, x, positions, kv_mask=None, cache=None, cache_index=0, layers=None):
+        """x [B, T, E], positions int [3, B, T], kv_mask bool [B, Tk] -> (normed hidden, cache).
+
+        cache: None, the stacked {"k", "v"} [L, B, Tmax, K, D], or per-layer {"k", "v"}: tuples of
+        L arrays [B, K, Tmax, D] (returned in the same form). layers: `split_layers()`'s result, to
+        run an unrolled loop over per-layer parameters (then no stacked array is sliced).
+        """
         c = self.config
         dt = c.jnp_compute_dtype
         x = x.astype(dt)
         bsz, seq = x.shape[:2]
         cos, sin = rope.mrope_cos_sin(positions, c.head_dim, c.rope_theta, c.mrope_section, dt)
-        tk = seq if cache is None else cache["k"].shape[2]
+        per_layer = cache is not None and isinstance(cache["k"], (tuple, list))
+        if cache is None:
+            tk = seq
+        elif per_layer:
+            tk = cache["k"][0].shape[2]
+        else:
+            tk = cache["k"].shape[2]
         if kv_mask is None:
             kv_mask = jnp.ones((bsz, tk), bool)
         q_cols = jnp.arange(seq) + (0 if cache is None else cache_index)
         causal = jnp.arange(tk)[None, :] <= q_cols[:, None]  # [T, Tk]
         mask = causal[None, None] & kv_mask.astype(bool)[:, None, None, :]
-        params = values(self.layers, LAYER_PARAMS)
+        args = (cos, sin, mask, c.rms_norm_eps, c.attention)
 
         def body(x, p):
-            return decoder_layer(x, p, cos, sin, mask, c.rms_norm_eps, c.attention)[0], None
+            return decoder_layer(x, p, *args)[0], None
 
         def cached_body(carry, xs):
             x, ck, cv = carry
-            (p, layer), args = xs, (cos, sin, mask, c.rms_norm_eps, c.attention)
+            p, layer = xs
             x, (ck, cv) = decoder_layer(x, p, *args, (ck, cv, layer), cache_index)
             return (x, ck, cv), None
 
         new_cache = None
-        if cache is None:
+        if layers is not None or per_layer:
+            # Unrolled over per-layer parameters and per-layer cache buffers (decode).
+            if cache is not None and not per_layer:
+                raise ValueError("Decoder: `layers` needs a per-layer cache (tuples of L arrays)")
+            layers = self.split_layers() if layers is None else layers
+            ks, vs = (list(cache["k"]), list(cache["v"])) if per_layer else (None, None)
+            for i, p in enumerate(layers):
+                if per_layer:
+                    kv = (ks[i], vs[i], None)
+                    x, (ks[i], vs[i]) = decoder_layer(x, p, *args, kv, cache_index)
+                else:
+                    x, _ = body(x, p)
+            if per_layer:
+                new_cache = {"k": tuple(ks), "v": tuple(vs)}
+        elif cache is None:
+            params = values(self.layers, LAYER_PARAMS)
             x, _ = scan_layers(body, x, params, scan=c.scan_layers, remat=c.remat)
         else:
-            layers = jnp.arange(c.num_hidden_layers)
+            params = values(self.layers, LAYER_PARAMS)
+            layer_ids = jnp.arange(c.num_hidden_layers)
             carry = (x, cache["k"], cache["v"])
             carry, _ = scan_layers(
-                cached_body, carry, (params, layers), scan=c.scan_layers, remat=c.remat
+                cached_body, carry, (params, layer_ids), scan=c.scan_layers, remat=c.remat
             )
             x, new_cache = carry[0], {"k": carry[1], "v": carry[2]}
         x = rms_norm(x, self.norm[...], c.rms_norm_eps)
