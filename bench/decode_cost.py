@@ -27,6 +27,7 @@ This file imports no ml_collections / pycocotools / tfds.
 
 import argparse
 import collections
+import inspect
 import os
 import re
 import sys
@@ -90,6 +91,8 @@ def abstract_setup(preset: str, scan_layers: bool, dtype: str | None = None):
         pad_token_id=PAD_TOKEN_ID,
         cache_dtype=config.jnp_compute_dtype,
     )
+    if "per_layer_cache" in inspect.signature(prefill).parameters:
+        kw["per_layer_cache"] = not scan_layers  # the Sampler's default (unroll_decode=None)
     # The prefill's own output shapes (text-only prompts: the decode loop never sees images).
     state = jax.eval_shape(
         lambda prm, i, m, r, k: prefill(graphdef, prm, i, m, None, None, r, k, **kw),
@@ -111,9 +114,8 @@ def ideal_bytes(config, params, state, live_cols: float):
     if not config.tie_word_embeddings:
         emb = lm["embed_tokens"]
         param_b -= emb.size * emb.dtype.itemsize
-    cache = state.cache["k"]
-    full_kv = 2 * cache.size * cache.dtype.itemsize
-    live_kv = full_kv * live_cols / cache.shape[2]
+    full_kv = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.cache))
+    live_kv = full_kv * live_cols / state.kv_mask.shape[1]
     return param_b, full_kv, live_kv
 
 
@@ -302,7 +304,8 @@ def report_body(big, cache_dims, param_dims, nv_dims, top=12):
     """Lines naming cache/parameter-sized results and the instructions that move the most bytes."""
     lines = []
     found = collections.defaultdict(lambda: [0, 0, []])  # kind -> [count, bytes, examples]
-    layer_cache = {cache_dims[1:], cache_dims[1:3] + (cache_dims[3] * cache_dims[4],)}
+    n, s, k, d = cache_dims[1:]
+    layer_cache = {(n, s, k, d), (n, s * k, d), (n, s, k * d), (n, k, s, d), (n, k, d, s)}
     for size, _op, name, rtype, mult, _ in big:
         d = dims_of(rtype)
         if d is None or "dynamic-update-slice" in name:
@@ -365,7 +368,7 @@ def analyse(preset, scan_layers, rule, donate, dump, dtype=None):
     )
     print(
         f"  ideal per step: LLM params {param_b / 1e9:.3f} GB + KV cache read {full_kv / 1e9:.3f}"
-        f" GB (all {state.cache['k'].shape[2]} columns; live mean {live_kv / 1e9:.3f} GB) = "
+        f" GB (all {state.kv_mask.shape[1]} columns; live mean {live_kv / 1e9:.3f} GB) = "
         f"{ideal_full / 1e9:.3f} GB (live {ideal_live / 1e9:.3f} GB)"
     )
     print(
@@ -392,7 +395,10 @@ def analyse(preset, scan_layers, rule, donate, dump, dtype=None):
     ops = sum(v for k, v in counts.items() if k != "while")
     print(f"  decode while body {body}: {ops} top-level ops per step (nested loops unrolled)")
     print("    " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
-    cache_dims = tuple(state.cache["k"].shape)
+    layer0 = jax.tree.leaves(state.cache)[0]  # [L, N, S, K, D] stacked or [N, K, S, D] per layer
+    n, s = state.logits.shape[0], state.kv_mask.shape[1]
+    k, d = config.num_key_value_heads, config.head_dim
+    cache_dims = tuple(layer0.shape) if layer0.ndim == 5 else (1, n, s, k, d)
     param_dims = {tuple(x.shape) for x in jax.tree.leaves(params["language_model"])}
     param_dims |= {s[1:] for s in param_dims if len(s) > 2}  # one layer's slice
     for line in report_body(big, cache_dims, param_dims, state.logits.shape):

@@ -25,7 +25,7 @@ from flax import nnx, struct
 from vrft_jax import buckets
 from vrft_jax.models.qwen2_vl import init_cache
 from vrft_jax.models.rope import get_rope_index
-from vrft_jax.sampling import SamplingRule, policy_logprobs
+from vrft_jax.sampling import SamplingRule
 
 DEFAULT_BATCH_BUCKETS = (
     1,
@@ -99,8 +99,11 @@ def prefill(
     max_new_tokens: int,
     pad_token_id: int,
     cache_dtype,
+    per_layer_cache: bool = False,
 ):
-    """Padded prompts [B, P] (+ packed images) -> SamplingState of N = B*G rows."""
+    """Padded prompts [B, P] (+ packed images) -> SamplingState of N = B*G rows.
+
+    per_layer_cache: hand decode L separate cache buffers per k/v (see `decode`)."""
     model = nnx.merge(graphdef, params)
     c, g = model.config, num_samples
     bsz, plen = input_ids.shape
@@ -120,6 +123,11 @@ def prefill(
 
     cols = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0))
     cache = {k: jnp.pad(fork(v, axis=1), cols) for k, v in cache.items()}
+    if per_layer_cache:  # L buffers [N, K, P + C, D] each (Decoder's per-layer form)
+        cache = {
+            k: tuple(v[i].transpose(0, 2, 1, 3) for i in range(c.num_hidden_layers))
+            for k, v in cache.items()
+        }
     n, ctok = bsz * g, max_new_tokens
     kv_mask = jnp.concatenate([fork(prompt_mask), jnp.ones((n, ctok), bool)], axis=1)
     return SamplingState(
@@ -136,22 +144,25 @@ def prefill(
     )
 
 
-def decode_step(model, s: SamplingState, eos_ids, *, rule: SamplingRule, pad_token_id: int):
+def decode_step(
+    model, s: SamplingState, eos_ids, *, rule: SamplingRule, pad_token_id: int, layers=None
+):
     """One step: pick a token per row from s.logits, record it, run it through the decoder.
 
-    eos_ids: int32 [E] stop ids (traced, so changing them does not recompile)."""
+    eos_ids: int32 [E] stop ids (traced, so changing them does not recompile). layers: the
+    decoder's per-layer parameters (Decoder.split_layers) when the cache is per-layer."""
     plen = s.kv_mask.shape[1] - s.tokens.shape[1]
-    tok = rule.get_next_tokens(s.logits, jax.random.fold_in(s.rng, s.step))
+    tok, logp = rule.next_tokens_and_logprobs(s.logits, jax.random.fold_in(s.rng, s.step))
     active = ~s.done
     tok = jnp.where(active, tok, pad_token_id)
-    logp = jnp.where(active, policy_logprobs(s.logits, tok), 0.0)
+    logp = jnp.where(active, logp, 0.0)
     at = (0, s.step)
     done = s.done | jnp.any(tok[:, None] == eos_ids[None, :], axis=1)
 
     x = model.embed(tok[:, None])
     n = tok.shape[0]
     pos = jnp.broadcast_to(s.next_pos[None, :, None], (3, n, 1))  # same value on t/h/w streams
-    hidden, cache = model.decode(x, pos, s.kv_mask, s.cache, plen + s.step)
+    hidden, cache = model.language_model(x, pos, s.kv_mask, s.cache, plen + s.step, layers)
     return s.replace(
         step=s.step + 1,
         logits=model.lm_logits(hidden[:, 0]),
@@ -164,22 +175,35 @@ def decode_step(model, s: SamplingState, eos_ids, *, rule: SamplingRule, pad_tok
     )
 
 
+def _layers(model, state: SamplingState):
+    """Per-layer parameters, split once outside the loop, when the cache is per-layer."""
+    per_layer = isinstance(state.cache["k"], (tuple, list))
+    return model.language_model.split_layers() if per_layer else None
+
+
 def decode(graphdef, params, state: SamplingState, eos_ids, *, rule, pad_token_id):
-    """Runs decode_step until C tokens are written or every row is done (early exit)."""
+    """Runs decode_step until C tokens are written or every row is done (early exit).
+
+    With a per-layer cache (prefill's per_layer_cache) the layer weights are sliced out of their
+    stacked arrays once, here, and the loop body runs an unrolled layer loop that reads each
+    weight and cache buffer in place: no per-step slice copies (one extra copy of the layer
+    weights lives for the duration of the loop)."""
     model = nnx.merge(graphdef, params)
     ctok = state.tokens.shape[1]
+    layers = _layers(model, state)
 
     def cond(s):
         return (s.step < ctok) & ~jnp.all(s.done)
 
     def body(s):
-        return decode_step(model, s, eos_ids, rule=rule, pad_token_id=pad_token_id)
+        return decode_step(model, s, eos_ids, rule=rule, pad_token_id=pad_token_id, layers=layers)
 
     return jax.lax.while_loop(cond, body, state)
 
 
 def _step(graphdef, params, state, eos_ids, **kwargs):
-    return decode_step(nnx.merge(graphdef, params), state, eos_ids, **kwargs)
+    model = nnx.merge(graphdef, params)
+    return decode_step(model, state, eos_ids, layers=_layers(model, state), **kwargs)
 
 
 # ---- Host-side sampler ---------------------------------------------------------------------------
@@ -203,6 +227,7 @@ class Sampler:
         image_buckets=buckets.DEFAULT_IMAGE_BUCKETS,
         batch_buckets=DEFAULT_BATCH_BUCKETS,
         cache_dtype=None,
+        unroll_decode=None,
     ):
         self.graphdef = graphdef
         self.config = config
@@ -213,8 +238,11 @@ class Sampler:
         # The cache is kept in the compute dtype (bf16 for real runs); a float32 model keeps a
         # float32 cache so its decode matches its full forward exactly.
         self.cache_dtype = jnp.dtype(cache_dtype or config.jnp_compute_dtype)
+        # Decode over per-layer weights and cache buffers (unrolled layers, no per-step slice
+        # copies) or over the stacked ones (a scanned layer loop); default: the model's choice.
+        self.unroll_decode = not config.scan_layers if unroll_decode is None else unroll_decode
         self._compiles = 0
-        static = ("num_samples", "max_new_tokens", "pad_token_id", "cache_dtype")
+        static = ("num_samples", "max_new_tokens", "pad_token_id", "cache_dtype", "per_layer_cache")
         self._prefill = jax.jit(self._counted(prefill), static_argnums=0, static_argnames=static)
         # Donating the loop state lets XLA update the KV cache in place (no second copy).
         self._decode = jax.jit(
@@ -332,6 +360,7 @@ class Sampler:
             max_new_tokens=int(max_new_tokens),
             pad_token_id=int(pad_token_id),
             cache_dtype=self.cache_dtype,
+            per_layer_cache=self.unroll_decode,
         )
 
     def run(

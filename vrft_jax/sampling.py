@@ -49,14 +49,21 @@ def categorical(rng, logits, block: int = 128):
     """One draw per row from softmax(logits [N, V]) by inverse CDF with a single uniform per row.
 
     Same distribution as jax.random.categorical (Gumbel-max), which draws V random numbers per row
-    (N x 151936 every step dominated a CPU decode step). Two levels keep it to about one pass over
-    the probabilities: pick a block of `block` tokens from the blocks' cumulative mass, then the
-    token inside it. A token of zero probability (filtered to -inf) is never drawn: the first index
-    whose cumulative mass reaches u > 0 always carries mass.
+    (N x 151936 every step dominated a CPU decode step). See `categorical_weights`.
     """
-    n, v = logits.shape
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    probs = jnp.pad(probs, ((0, 0), (0, -v % block))).reshape(n, -1, block)  # [N, V/blk, blk]
+    return categorical_weights(rng, jax.nn.softmax(logits.astype(jnp.float32), axis=-1), block)
+
+
+def categorical_weights(rng, weights, block: int = 128):
+    """One draw per row with probability proportional to weights float32 [N, V] (>= 0, need not
+    sum to 1), by inverse CDF with a single uniform per row.
+
+    Two levels keep it to about one pass over the weights: pick a block of `block` tokens from the
+    blocks' cumulative mass, then the token inside it. A token of zero weight (filtered to -inf) is
+    never drawn: the first index whose cumulative mass reaches u > 0 always carries mass.
+    """
+    n, v = weights.shape
+    probs = jnp.pad(weights, ((0, 0), (0, -v % block))).reshape(n, -1, block)  # [N, V/blk, blk]
     block_cdf = jnp.cumsum(jnp.sum(probs, axis=-1), axis=-1)  # [N, V/blk]
     u = 1.0 - jax.random.uniform(rng, (n, 1), jnp.float32)  # (0, 1]
     target = u * block_cdf[:, -1:]
@@ -104,11 +111,34 @@ class SamplingRule:
         logits = top_k_filter(logits, self.top_k)
         return top_p_filter(logits, self.top_p)
 
+    @property
+    def plain(self) -> bool:
+        """Draws from the raw policy itself (temperature 1, no truncation)."""
+        return self.temperature == 1.0 and self.top_k == 0 and self.top_p >= 1.0
+
     def get_next_tokens(self, logits, rng):
         """int32 [N] from logits [N, V]; rng a JAX key (unused when greedy)."""
         if self.greedy:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return categorical(rng, self.filtered_logits(logits))
+
+    def next_tokens_and_logprobs(self, logits, rng):
+        """(tokens int32 [N], raw-policy log-probs float32 [N]) from logits [N, V].
+
+        The tokens are get_next_tokens's and the log-probs policy_logprobs's (same arithmetic as
+        log_softmax), but one exp(logits - max) pass serves both when the rule is plain: the
+        draw uses those unnormalised weights (no normalised [N, V] copy, no second softmax).
+        """
+        lf = logits.astype(jnp.float32)
+        shifted = lf - jnp.max(lf, axis=-1, keepdims=True)
+        weights = jnp.exp(shifted)
+        log_total = jnp.log(jnp.sum(weights, axis=-1))
+        if self.plain:
+            tokens = categorical_weights(rng, weights)
+        else:
+            tokens = self.get_next_tokens(logits, rng)
+        picked = jnp.take_along_axis(shifted, tokens[:, None], axis=-1)[:, 0]
+        return tokens, picked - log_total
 
 
 GREEDY = SamplingRule()

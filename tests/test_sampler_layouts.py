@@ -1,0 +1,58 @@
+"""Decode layouts agree: the per-layer (unrolled) decode equals the stacked (scanned) one, and the
+shared-softmax draw + log-prob of a plain rule samples the right distribution with exact log-probs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tiny_hf
+from flax import nnx
+
+from vrft_jax import sampler
+from vrft_jax.models import random_qwen2_vl
+from vrft_jax.sampling import SamplingRule, policy_logprobs
+
+BUCKETS = dict(prompt_buckets=(32,), patch_buckets=(64,), image_buckets=(2,))
+PROBS = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+N_DRAWS = 40_000
+
+
+def test_plain_rule_shares_the_softmax():
+    """next_tokens_and_logprobs of a plain rule: frequencies of the softmax, policy log-probs."""
+    logits = jnp.broadcast_to(jnp.log(jnp.asarray(PROBS, jnp.float32)), (N_DRAWS, len(PROBS)))
+    logits = logits + jnp.arange(N_DRAWS, dtype=jnp.float32)[:, None] % 7  # row shifts: same probs
+    rule = SamplingRule(temperature=1.0)
+    assert rule.plain and not SamplingRule(temperature=0.7).plain
+    tokens, logp = jax.jit(rule.next_tokens_and_logprobs)(logits, jax.random.key(1))
+    freq = np.bincount(np.asarray(tokens), minlength=len(PROBS)) / N_DRAWS
+    bound = 5 * np.sqrt(PROBS * (1 - PROBS) / N_DRAWS)
+    assert np.all(np.abs(freq - PROBS) <= bound), (freq, PROBS)
+    want = np.asarray(policy_logprobs(logits, tokens))
+    np.testing.assert_allclose(np.asarray(logp), want, rtol=0, atol=1e-6)
+
+
+def test_per_layer_decode_equals_stacked_decode():
+    """Same tokens and log-probs from the unrolled per-layer decode and the scanned stacked one
+    (sampled at temperature 1 with one RNG, then greedy); the per-layer cache is L [N, K, S, D]."""
+    model = tiny_hf.rescale_params_(random_qwen2_vl("tiny", seed=0, **BUCKETS))
+    graphdef, params = nnx.split(model)
+    c = model.config
+    rng = np.random.default_rng(0)
+    rows = [tiny_hf.image_prompt(rng, 3, [(1, 4, 4)], 4), tiny_hf.image_prompt(rng, 5, [], 2)]
+    ids, mask = tiny_hf.left_pad(rows)
+    pv, grid = tiny_hf.random_pixels(rng, [(1, 4, 4)])
+    stacked = sampler.Sampler(graphdef, c, unroll_decode=False, **BUCKETS)
+    unrolled = sampler.Sampler(graphdef, c, unroll_decode=True, **BUCKETS)
+    kw = dict(max_new_tokens=5, num_samples=2, rng=4, eos_token_ids=(-1,))
+
+    state = unrolled.start(params, ids, mask, pv, grid, max_new_tokens=5, num_samples=2)
+    assert len(state.cache["k"]) == c.num_hidden_layers
+    cols = state.kv_mask.shape[1]
+    assert state.cache["k"][0].shape == (4, c.num_key_value_heads, cols, c.head_dim)
+
+    for temperature in (1.0, 0.0):
+        a = stacked(params, ids, mask, pv, grid, temperature=temperature, **kw)
+        b = unrolled(params, ids, mask, pv, grid, temperature=temperature, **kw)
+        np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+        assert np.asarray(a.mask).all() and a.steps == b.steps == 5
