@@ -2,18 +2,22 @@
 
     PYTHONPATH=. python bench/decode_cost.py                       # Qwen2-VL-2B shapes, bf16
     PYTHONPATH=. python bench/decode_cost.py --preset cpu-small --time
-    PYTHONPATH=. python bench/decode_cost.py --unrolled            # scan_layers=False
+    PYTHONPATH=. python bench/decode_cost.py --stacked             # Sampler(unroll_decode=False)
+    PYTHONPATH=. python bench/decode_cost.py --both --dtype float32 # both forms, CPU-honest dtype
 
 Builds the model and the sampler's loop state as shapes only (nnx.eval_shape / jax.eval_shape of
 the prefill program), then lowers and compiles on the current backend (a) one decode step (the
-sampler's `_step`) and (b) the whole `decode` while_loop, at N = B*G rows, prompt bucket P and C new
-tokens (2b: N=64, P=384, C=256). Printed per step:
+sampler's `_step`) and (b) the whole `decode` while_loop, in the Sampler's per-layer form (its
+default) or the stacked one (--stacked: stacked weights and cache, scanned layers), at N = B*G
+rows, prompt bucket P and C new tokens (2b: N=64, P=384, C=256). Printed per step:
 - cost_analysis flops and bytes accessed, beside the ideal bytes (LLM parameters incl. the tied LM
   head + the KV cache columns the masked attention reads) and their ratio;
 - the op census of the while body (fusions, custom-calls, copies, dynamic-update-slices, sorts...),
   with a nested layer loop counted once per trip;
-- every instruction whose result is as large as a KV cache half or a parameter leaf (copies of the
-  cache or weights each step), and the largest results in the loop body;
+- results shaped like a cache layer or a weight (copies/transposes of the cache or the weights each
+  step), the [N, V] results, and the instructions that move the most bytes (estimated: operands
+  read + result written, a parameter only sliced inside a fusion counted as the slice, an in-place
+  update as its update);
 - memory_analysis() (arguments, outputs, temporaries) of both programs.
 With --time (cpu-small only: it builds real random weights) it also runs the decode loop.
 
@@ -74,12 +78,12 @@ BYTES.update({"u32": 4, "f64": 8, "s64": 8, "u64": 8})
 # ---- Abstract model and loop state ---------------------------------------------------------------
 
 
-def abstract_setup(preset: str, scan_layers: bool, dtype: str | None = None):
+def abstract_setup(preset: str, per_layer: bool, dtype: str | None = None):
     """(config, graphdef, abstract params, abstract SamplingState, dims) without any weights."""
     p = PRESETS[preset]
     dtype = dtype or p.dtype
     config = get_preset("2b", **p.config).replace(
-        param_dtype=dtype, compute_dtype=dtype, scan_layers=scan_layers
+        param_dtype=dtype, compute_dtype=dtype, scan_layers=not per_layer
     )
     abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract)
@@ -92,7 +96,7 @@ def abstract_setup(preset: str, scan_layers: bool, dtype: str | None = None):
         cache_dtype=config.jnp_compute_dtype,
     )
     if "per_layer_cache" in inspect.signature(prefill).parameters:
-        kw["per_layer_cache"] = not scan_layers  # the Sampler's default (unroll_decode=None)
+        kw["per_layer_cache"] = per_layer  # Sampler(unroll_decode=per_layer)
     # The prefill's own output shapes (text-only prompts: the decode loop never sees images).
     state = jax.eval_shape(
         lambda prm, i, m, r, k: prefill(graphdef, prm, i, m, None, None, r, k, **kw),
@@ -341,9 +345,9 @@ def report_body(big, cache_dims, param_dims, nv_dims, top=12):
     return lines
 
 
-def analyse(preset, scan_layers, rule, donate, dump, dtype=None):
+def analyse(preset, per_layer, rule, donate, dump, dtype=None):
     """Compiles the step and loop programs and prints their costs (see the module docstring)."""
-    config, graphdef, params, state, d = abstract_setup(preset, scan_layers, dtype)
+    config, graphdef, params, state, d = abstract_setup(preset, per_layer, dtype)
     eos = jax.ShapeDtypeStruct((len(EOS_TOKEN_IDS),), jnp.int32)
     kw = dict(rule=rule, pad_token_id=PAD_TOKEN_ID)
     donate_args = 2 if donate else ()
@@ -362,7 +366,8 @@ def analyse(preset, scan_layers, rule, donate, dump, dtype=None):
     lflops, lbytes = cost(loop_c)
     ideal_full, ideal_live = param_b + full_kv, param_b + live_kv
     print(
-        f"== {preset} scan_layers={scan_layers} rule={rule} N={d['n']} P={d['plen']} "
+        f"== {preset} {'per-layer unrolled' if per_layer else 'stacked scanned'} decode, {rule} "
+        f"N={d['n']} P={d['plen']} "
         f"C={d['ctok']} {config.compute_dtype}; backend {jax.default_backend()}; "
         f"donated={donate}; compile step {t1 - t0:.1f}s, loop {t2 - t1:.1f}s"
     )
@@ -408,15 +413,15 @@ def analyse(preset, scan_layers, rule, donate, dump, dtype=None):
     print(f"  copies per step: {sum(b[4] for b in copies)} ({copy_b / 1e6:.1f} MB written)")
 
 
-def time_decode(preset: str, rule: SamplingRule, scan_layers: bool):
+def time_decode(preset: str, rule: SamplingRule, per_layer: bool):
     """Runs prefill + decode on random weights (small presets only) and prints ms/step."""
     from vrft_jax.sampler import Sampler
 
     p = PRESETS[preset]
-    config = get_preset("2b", **p.config).replace(scan_layers=scan_layers)
+    config = get_preset("2b", **p.config).replace(scan_layers=not per_layer)
     model = random_qwen2_vl(config, seed=0, dtype=p.dtype)
     graphdef, params = nnx.split(model)
-    sampler = Sampler.for_model(model)
+    sampler = Sampler.for_model(model, unroll_decode=per_layer)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 151000, (p.prompts, p.prompt_tokens))
     kw = dict(max_new_tokens=p.new_tokens, num_samples=p.samples, rng=0)
@@ -434,8 +439,8 @@ def time_decode(preset: str, rule: SamplingRule, scan_layers: bool):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="2b")
-    ap.add_argument("--unrolled", action="store_true", help="scan_layers=False")
-    ap.add_argument("--both", action="store_true", help="scanned and unrolled layers")
+    ap.add_argument("--stacked", action="store_true", help="stacked weights/cache, scanned layers")
+    ap.add_argument("--both", action="store_true", help="per-layer and stacked decode")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -451,15 +456,15 @@ def main():
         if jax.default_backend() == "cpu"
         else f"backend {jax.default_backend()}: op counts approximate kernel launches per step"
     )
-    variants = (True, False) if a.both else (not a.unrolled,)
-    for scan in variants:
-        dump = a.dump and (a.dump if len(variants) == 1 else f"{a.dump}.scan{int(scan)}")
-        analyse(a.preset, scan, rule, not a.no_donate, dump, a.dtype)
+    variants = (True, False) if a.both else (not a.stacked,)
+    for per_layer in variants:
+        dump = a.dump and (a.dump if len(variants) == 1 else f"{a.dump}.{int(per_layer)}")
+        analyse(a.preset, per_layer, rule, not a.no_donate, dump, a.dtype)
         if a.time:
             if a.preset == "2b" and jax.default_backend() == "cpu":
                 print("  --time skipped: 2b weights do not fit a CPU run (use cpu-small)")
             else:
-                time_decode(a.preset, rule, scan)
+                time_decode(a.preset, rule, per_layer)
 
 
 if __name__ == "__main__":

@@ -213,8 +213,9 @@ class Sampler:
     """Holds the jitted prefill/decode programs of one model structure (graphdef) and the buckets.
 
     Call it with the current parameters every step: `sampler(params, input_ids, ...)`; parameters
-    are traced arguments, so changing them never recompiles. `compile_count()` counts programs
-    compiled by this sampler (prefill and decode together).
+    are traced arguments, so changing them never recompiles. unroll_decode (default True) runs the
+    decode over per-layer weights and cache buffers (see `decode`); False keeps the stacked ones.
+    `compile_count()` counts programs compiled by this sampler (prefill and decode together).
     """
 
     def __init__(
@@ -227,7 +228,7 @@ class Sampler:
         image_buckets=buckets.DEFAULT_IMAGE_BUCKETS,
         batch_buckets=DEFAULT_BATCH_BUCKETS,
         cache_dtype=None,
-        unroll_decode=None,
+        unroll_decode=True,
     ):
         self.graphdef = graphdef
         self.config = config
@@ -238,9 +239,11 @@ class Sampler:
         # The cache is kept in the compute dtype (bf16 for real runs); a float32 model keeps a
         # float32 cache so its decode matches its full forward exactly.
         self.cache_dtype = jnp.dtype(cache_dtype or config.jnp_compute_dtype)
-        # Decode over per-layer weights and cache buffers (unrolled layers, no per-step slice
-        # copies) or over the stacked ones (a scanned layer loop); default: the model's choice.
-        self.unroll_decode = not config.scan_layers if unroll_decode is None else unroll_decode
+        # Decode over per-layer weights and cache buffers (an unrolled layer loop that reads
+        # every buffer in place; costs one extra copy of the layer weights while the loop runs),
+        # or over the stacked ones (config.scan_layers picks a scanned or unrolled layer loop,
+        # both of which slice the stacked weights and cache every step; copies on CPU XLA).
+        self.unroll_decode = bool(unroll_decode)
         self._compiles = 0
         static = ("num_samples", "max_new_tokens", "pad_token_id", "cache_dtype", "per_layer_cache")
         self._prefill = jax.jit(self._counted(prefill), static_argnums=0, static_argnames=static)
