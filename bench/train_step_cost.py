@@ -1,0 +1,414 @@
+"""Does one GRPO update of Qwen2-VL fit on one GPU, and what does it cost? Compiled, no weights.
+
+    PYTHONPATH=. python bench/train_step_cost.py                    # 2b, the paper's step
+    PYTHONPATH=. python bench/train_step_cost.py --remat full --micro-batch-size 32
+    PYTHONPATH=. python bench/train_step_cost.py --preset 7b --freeze-vision
+    PYTHONPATH=. python bench/train_step_cost.py --sweep            # micro-batch x remat table
+
+Builds the real jitted GRPO update (vrft_jax.steps.TrainSteps(...).update_grpo, state donated)
+for one device with the parameters, the AdamW state (optim.make_optimizer) and the step batch as
+jax.ShapeDtypeStruct (nnx.eval_shape / jax.eval_shape: nothing is allocated), lowers and compiles
+it on the local backend (CPU), and prints:
+- memory_analysis(): argument, output, aliased (donated) and temporary bytes; the step's peak
+  estimate = arguments + temporaries + outputs - aliased, plus the frozen reference copy that stays
+  resident beside it when beta != 0 (grpo.ref_dtype; it computes ref_logps before the update);
+- the largest arrays of the compiled program (what dominates the temporaries);
+- flops of the step: matmul flops counted on the jaxpr with every scan multiplied by its length
+  (XLA's cost_analysis() counts a loop body once, so its number for this scanned program is far
+  too low; it is printed beside, for reference), per completion token, and the time one step
+  would take at the GPU's dense bf16 peak.
+CPU XLA's memory plan (buffer assignment, fusion, rematerialisation) is only an estimate of what
+GPU XLA will do; treat the GiB as +-20%, and cudnn attention (model.attention="cudnn") is not
+compiled here (the XLA attention materialises the [H, T, T] scores instead).
+
+Defaults are configs/base.py with the paper's settings (configs/common.reference_training: bf16,
+16 prompts per step, G 8 for 2b / 4 for 7b, beta 0.04, 256 completion tokens); the batch is what
+the trainer feeds the update: B prompts in the 384 prompt bucket, one 448x448 image each
+(buckets.pad_images' auto layout: per-image slots [B, 1024, 1176]), N = B*G completions of C
+tokens with sampler and reference log-probs. main() imports configs.base, hence ml_collections;
+the module itself imports without it.
+"""
+
+import argparse
+import functools
+import re
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vrft_jax import buckets, optim, policy, steps
+from vrft_jax.models import Qwen2VL, get_preset
+
+GiB = 2**30
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM)
+GPU_GIB = {"H100": 80, "H200": 141}
+FITS_NOTE = (
+    "yes = within JAX's default 75% of the card (XLA_PYTHON_CLIENT_MEM_FRACTION), 0.95 = only "
+    "with XLA_PYTHON_CLIENT_MEM_FRACTION=0.95, NO = not at all"
+)
+
+
+def step_config(args):
+    """configs/base.py + the paper's settings + the command line -> ConfigDict."""
+    from configs import base, common
+
+    c = base.get_config()
+    common.reference_training(c, "7b" if args.preset == "7b" else "2b")
+    c.model_init = ""  # shapes only
+    c.model.preset = args.preset
+    c.model.remat = args.remat or c.model.remat
+    c.model.param_dtype = args.param_dtype or c.model.param_dtype
+    c.model.compute_dtype = args.compute_dtype or c.model.compute_dtype
+    c.input.batch_size = args.prompts or c.input.batch_size
+    c.grpo.G = args.G or c.grpo.G
+    c.sampler.max_new_tokens = args.completion or c.sampler.max_new_tokens
+    if args.micro_batch_size:
+        c.grpo.micro_batch_size = args.micro_batch_size
+    if args.beta is not None:
+        c.grpo.beta = args.beta
+    if args.freeze_vision:
+        c.optim.freeze = "^visual/"
+    return c
+
+
+def abstract_batch(model_config, B, G, P, C, side, with_ref):
+    """The update's batch as ShapeDtypeStructs (the shapes place_batch gives the update).
+
+    prompt_ids / prompt_mask int32 [B, P]; pixel_values float32 in pad_images' auto layout for B
+    images of side x side pixels, image_grid_thw int32 [I, 3]; completion_ids / completion_mask
+    int32 [N, C], advantages float32 [N], sampler_logps (and ref_logps) float32 [N, C].
+    """
+    side = side // model_config.patch_size
+    grid = np.asarray([(1, side, side)] * B)
+    patches = np.zeros((B * side * side, model_config.patch_dim), np.float32)
+    pixels, grid = buckets.pad_images(patches, grid, layout="auto")
+    sds = jax.ShapeDtypeStruct
+    N = B * G
+    batch = {
+        "prompt_ids": sds((B, P), jnp.int32),
+        "prompt_mask": sds((B, P), jnp.int32),
+        "pixel_values": sds(pixels.shape, jnp.float32),
+        "image_grid_thw": sds(grid.shape, jnp.int32),
+        "completion_ids": sds((N, C), jnp.int32),
+        "completion_mask": sds((N, C), jnp.int32),
+        "advantages": sds((N,), jnp.float32),
+        "sampler_logps": sds((N, C), jnp.float32),
+    }
+    if with_ref:
+        batch["ref_logps"] = sds((N, C), jnp.float32)
+    return batch
+
+
+def build(c, P, side):
+    """ConfigDict, prompt bucket P, image side (pixels) -> namespace of the jitted `update`,
+    abstract `state` and `batch`, `graphdef`, `model_config`, `ref_bytes` (the frozen reference
+    copy's bytes)."""
+    m = c.model
+    model_config = get_preset(
+        m.preset, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
+        attention=m.attention, remat=m.remat, scan_layers=m.scan_layers,
+    )  # fmt: skip
+    abstract = nnx.eval_shape(lambda: Qwen2VL(model_config, rngs=nnx.Rngs(0)))
+    graphdef, params_state = nnx.split(abstract, nnx.Param)
+    params = nnx.to_pure_dict(params_state)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    # Built over the pure dict the train state holds: with optim.freeze, labels built over the
+    # nnx.State (as train.py passes) do not match the pure-dict params tx.init receives.
+    tx, schedule = optim.make_optimizer(c.optim, max(int(c.total_steps), 1), params)
+    state = {
+        "params": params,
+        "opt_state": jax.eval_shape(tx.init, params),
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "rng": jax.eval_shape(lambda: jax.random.key(0)),
+    }
+    with_ref = float(c.grpo.beta) != 0.0
+    batch = abstract_batch(
+        model_config, int(c.input.batch_size), int(c.grpo.G), P,
+        int(c.sampler.max_new_tokens), side, with_ref,
+    )  # fmt: skip
+    ref_bytes = 0
+    if with_ref:  # the frozen reference copy (train.py casts the initial params to ref_dtype)
+        itemsize = jnp.dtype(c.grpo.ref_dtype).itemsize
+        ref_bytes = sum(x.size * itemsize for x in jax.tree.leaves(params))
+    update = steps.TrainSteps(graphdef, c, tx, schedule).update_grpo
+    return types.SimpleNamespace(
+        update=update, state=state, batch=batch, graphdef=graphdef, model_config=model_config,
+        ref_bytes=ref_bytes,
+    )  # fmt: skip
+
+
+def saved_for_backward(b, micro_batch_size):
+    """What JAX keeps for the backward pass, before any backend's memory planning.
+
+    Returns {"vision": rows, "micro": rows} for the vision tower's VJP over all the step's images
+    and one micro-batch's LLM forward; rows [(bytes, "dtype[shape]", where)] largest first.
+    Residuals that are the function's own arguments (parameters, inputs) are left out. Uses
+    jax._src.ad_checkpoint.saved_residuals (what jax.ad_checkpoint.print_saved_residuals prints);
+    None where that private helper is missing.
+    """
+    try:
+        from jax._src.ad_checkpoint import saved_residuals
+    except ImportError:
+        return None
+
+    def rows(res):
+        out = [
+            (aval.size * aval.dtype.itemsize, f"{aval.str_short()}", why)
+            for aval, why in res
+            if "argument" not in why
+        ]
+        return sorted(out, key=lambda row: -row[0])
+
+    batch, params, g = b.batch, b.state["params"], b.graphdef
+    images = (batch["pixel_values"], batch["image_grid_thw"])
+    vision = saved_residuals(functools.partial(policy.encode_images, g), params, *images)
+    feats = jax.eval_shape(functools.partial(policy.encode_images, g), params, *images)
+    B, N = batch["prompt_ids"].shape[0], batch["completion_ids"].shape[0]
+    M = min(int(micro_batch_size), N) if micro_batch_size > 0 else N
+    ids = jax.ShapeDtypeStruct((M, batch["completion_ids"].shape[1]), jnp.int32)
+
+    def micro(p, f, prompt_ids, prompt_mask, grid, completion_ids):
+        layout = policy.prompt_layout(b.model_config, prompt_ids, prompt_mask, grid)
+        rows = jnp.arange(M, dtype=jnp.int32) % B  # any valid prompt rows: sizes only
+        return policy.rows_logprobs(
+            g, p, prompt_ids, prompt_mask, layout, f, completion_ids, rows, with_entropy=True
+        )
+
+    prompt = (batch["prompt_ids"], batch["prompt_mask"], batch["image_grid_thw"])
+    llm = saved_residuals(micro, params, feats, *prompt, ids)
+    return {"vision": rows(vision), "micro": rows(llm)}
+
+
+# ---- Flops on the jaxpr -------------------------------------------------------------------------
+
+
+def _sub_jaxprs(value):
+    """The jaxprs held in one equation parameter (a jaxpr, a closed jaxpr, or a tuple of them)."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    for v in items:
+        if hasattr(v, "eqns"):
+            yield v
+        elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+            yield v.jaxpr
+
+
+def matmul_flops(jaxpr) -> float:
+    """2 * multiply-adds of every dot_general / conv in a jaxpr, loops included.
+
+    scan bodies count `length` times; cond counts its costliest branch; a while loop counts its
+    body once (the GRPO update has none). Elementwise work (softmax, norms, Adam) is not counted:
+    it is a few percent of a transformer step's flops.
+    """
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]  # lhs's contracted dims first
+            lhs = eqn.invars[0].aval.shape
+            k = np.prod([lhs[d] for d in contract]) if contract else 1
+            total += 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * float(k)
+        elif name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape  # kernel: output features x the rest
+            per_output = np.prod(rhs) / rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+            total += 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * float(per_output)
+        subs = [j for v in eqn.params.values() for j in _sub_jaxprs(v)]
+        if not subs:
+            continue
+        if name == "cond":
+            total += max(matmul_flops(j) for j in subs)
+        else:
+            times = eqn.params.get("length", 1) if name == "scan" else 1
+            total += times * sum(matmul_flops(j) for j in subs)
+    return total
+
+
+# ---- Compiled-program facts ---------------------------------------------------------------------
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}  # fmt: skip
+_RESULT = re.compile(r"^\s*(?:ROOT )?(%?[\w.\-]+) = (\w+)\[([\d,]*)\][^ ]* ([\w\-]+)\(")
+
+
+def largest_arrays(hlo_text, top):
+    """The `top` largest array results in the compiled HLO: [(bytes, dtype[shape], op, name)].
+
+    A stand-in for the buffer assignment: the arrays named here are the ones that dominate the
+    temporaries (each distinct shape once, with how many instructions produce it).
+    """
+    seen = {}
+    for line in hlo_text.splitlines():
+        match = _RESULT.match(line)
+        if not match or match.group(2) not in _DTYPE_BYTES:
+            continue
+        name, dtype, dims, op = match.groups()
+        if op in ("parameter", "get-tuple-element", "bitcast", "tuple"):
+            continue  # views, not new buffers
+        shape = tuple(int(d) for d in dims.split(",") if d)
+        size = int(np.prod(shape)) * _DTYPE_BYTES[dtype]
+        key = f"{dtype}[{','.join(map(str, shape))}]"
+        count, first_op, _ = seen.get(key, (0, op, size))
+        seen[key] = (count + 1, first_op, size)
+    rows = sorted(((size, key, op, n) for key, (n, op, size) in seen.items()), reverse=True)
+    return rows[:top]
+
+
+def measure(c, P=384, side=448, top=0):
+    """Compile one configuration -> dict of memory (bytes), flops and timings."""
+    t0 = time.perf_counter()
+    b = build(c, P, side)
+    update, state, batch = b.update, b.state, b.batch
+    jaxpr = jax.make_jaxpr(update)(state, batch)
+    flops = matmul_flops(jaxpr.jaxpr)
+    saved = saved_for_backward(b, int(c.grpo.micro_batch_size))
+    t1 = time.perf_counter()
+    compiled = update.lower(state, batch).compile()
+    seconds = time.perf_counter() - t1
+    mem = compiled.memory_analysis()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per device
+        analysis = analysis[0] if analysis else {}
+    out = {
+        "arguments": mem.argument_size_in_bytes,
+        "outputs": mem.output_size_in_bytes,
+        "aliased": mem.alias_size_in_bytes,
+        "temporaries": mem.temp_size_in_bytes,
+        "ref_params": b.ref_bytes,
+        "saved": saved,
+        "flops": flops,
+        "xla_flops": (analysis or {}).get("flops", float("nan")),
+        "trace_s": t1 - t0,
+        "compile_s": seconds,
+        "params": sum(x.size for x in jax.tree.leaves(state["params"])),
+        "batch": {k: (tuple(v.shape), v.dtype.name) for k, v in batch.items()},
+        "config": b.model_config,
+        "P": P,
+    }
+    out["peak"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"]
+    out["resident_peak"] = out["peak"] + b.ref_bytes
+    if top:
+        out["largest"] = largest_arrays(compiled.as_text(), top)
+    return out
+
+
+def fits(nbytes):
+    """bytes -> "H100:yes H200:yes" (see FITS_NOTE)."""
+
+    def one(gib):
+        if nbytes <= 0.75 * gib * GiB:
+            return "yes"
+        return "0.95" if nbytes <= 0.95 * gib * GiB else "NO"
+
+    return " ".join(f"{gpu}:{one(gib)}" for gpu, gib in GPU_GIB.items())
+
+
+def report(c, r):
+    g, m = c.grpo, c.model
+    B, G, C = int(c.input.batch_size), int(g.G), int(c.sampler.max_new_tokens)
+    N = B * G
+    num_micro = steps.num_micro_batches(N, int(g.micro_batch_size))
+    print(
+        f"Qwen2-VL {m.preset} ({r['params'] / 1e9:.2f}B params, {m.param_dtype} params, "
+        f"{m.compute_dtype} compute, remat {m.remat}, freeze {c.optim.freeze or 'none'}); "
+        f"backend {jax.default_backend()}, traced in {r['trace_s']:.0f} s, compiled in "
+        f"{r['compile_s']:.0f} s"
+    )
+    print(
+        f"step batch: B={B} prompts x G={G} = N={N} completions of C={C} tokens, prompt bucket "
+        f"{r['P']}, beta {g.beta}; {num_micro} micro-batches of {N // num_micro}"
+    )
+    for k, (shape, dtype) in r["batch"].items():
+        print(f"  {k:15s} {dtype:8s} {shape}")
+    print("memory_analysis (CPU XLA's plan: an estimate of GPU XLA's, about +-20%):")
+    for k in ("arguments", "outputs", "aliased", "temporaries"):
+        print(f"  {k:12s} {r[k] / GiB:8.2f} GiB")
+    print(f"  step peak    {r['peak'] / GiB:8.2f} GiB  (arguments + temporaries + outputs - alias)")
+    if r["ref_params"]:
+        print(f"  + reference  {r['ref_params'] / GiB:8.2f} GiB  (frozen {g.ref_dtype} copy)")
+    print(f"  = resident   {r['resident_peak'] / GiB:8.2f} GiB  fits {fits(r['resident_peak'])}")
+    print(f"  ({FITS_NOTE})")
+    if r["saved"] is not None:
+        print("saved for the backward by JAX (before XLA's planning, the same on every backend):")
+        parts = {
+            "vision": f"vision tower VJP, all {B} images",
+            "micro": f"one micro-batch of {N // num_micro} sequences",
+        }
+        for part, what in parts.items():
+            rows = r["saved"][part]
+            print(f"  {what}: {sum(row[0] for row in rows) / GiB:.2f} GiB, largest:")
+            for size, shape, why in rows[:3]:
+                print(f"    {size / GiB:7.3f} GiB  {shape:36s} {why.split(' from ')[0]}")
+    if r.get("largest"):
+        print("largest arrays in the compiled program (count = instructions of that shape):")
+        for size, key, op, n in r["largest"]:
+            print(f"  {size / GiB:8.3f} GiB  {key:32s} {op:22s} x{n}")
+    per_token = r["flops"] / (N * C)
+    peak = PEAK_BF16_FLOPS["H100"]
+    print(
+        f"flops per step {r['flops'] / 1e12:.1f} TFLOP (matmuls, loops counted; XLA "
+        f"cost_analysis, loop bodies once: {r['xla_flops'] / 1e12:.2f} TFLOP)"
+    )
+    print(
+        f"  per completion token {per_token / 1e9:.2f} GFLOP; per sequence token "
+        f"{r['flops'] / (N * (r['P'] + C)) / 1e9:.2f} GFLOP (6 x params = "
+        f"{6 * r['params'] / 1e9:.2f} GFLOP)"
+    )
+    print(
+        f"  at the H100/H200 dense bf16 peak ({peak / 1e12:.0f} TFLOP/s): "
+        f"{r['flops'] / peak:.2f} s per step; at 40% MFU {r['flops'] / peak / 0.4:.2f} s "
+        "(the rollout's sampling not included)"
+    )
+
+
+def sweep(args):
+    print(
+        "peak GiB of one 2b GRPO update (step peak + frozen reference copy), CPU XLA's memory "
+        "plan as an estimate of GPU XLA's (about +-20%)"
+    )
+    print(
+        f"{'micro':>5s} {'remat':>5s} {'step':>7s} {'+ref':>7s} {'temp':>7s} "
+        f"{'TFLOP':>7s} {'compile':>7s}  fits (80 / 141 GiB)"
+    )
+    print(f"fits: {FITS_NOTE}")
+    for remat in ("none", "full"):
+        for micro in (8, 16, 32, 64):
+            args.remat, args.micro_batch_size = remat, micro
+            c = step_config(args)
+            r = measure(c, args.prompt_len, args.image_side)
+            print(
+                f"{micro:5d} {remat:>5s} {r['peak'] / GiB:7.1f} {r['resident_peak'] / GiB:7.1f} "
+                f"{r['temporaries'] / GiB:7.1f} {r['flops'] / 1e12:7.1f} {r['compile_s']:6.0f}s  "
+                f"{fits(r['resident_peak'])}",
+                flush=True,
+            )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=("tiny", "2b", "7b"), default="2b")
+    ap.add_argument("--prompts", type=int, help="B prompts per step (default input.batch_size)")
+    ap.add_argument("--G", type=int, help="samples per prompt (default grpo.G)")
+    ap.add_argument("--completion", type=int, help="completion length C (sampler.max_new_tokens)")
+    ap.add_argument("--micro-batch-size", type=int, help="default grpo.micro_batch_size")
+    ap.add_argument("--remat", choices=("none", "full", "dots"), help="default model.remat")
+    ap.add_argument("--prompt-len", type=int, default=384, help="prompt bucket P")
+    ap.add_argument("--image-side", type=int, default=448, help="pixels of each square image")
+    ap.add_argument("--param-dtype", choices=("float32", "bfloat16"))
+    ap.add_argument("--compute-dtype", choices=("float32", "bfloat16"))
+    ap.add_argument("--beta", type=float, help="KL weight (0 drops ref_logps and the ref copy)")
+    ap.add_argument("--freeze-vision", action="store_true", help="optim.freeze='^visual/'")
+    ap.add_argument("--top", type=int, default=12, help="largest compiled arrays to list")
+    ap.add_argument("--sweep", action="store_true", help="micro-batch {8..64} x remat table (2b)")
+    args = ap.parse_args(argv)
+    if args.sweep:
+        sweep(args)
+        return
+    c = step_config(args)
+    report(c, measure(c, args.prompt_len, args.image_side, top=args.top))
+
+
+if __name__ == "__main__":
+    main()
