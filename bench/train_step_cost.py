@@ -16,10 +16,26 @@ it on the local backend (CPU), and prints:
 - flops of the step: matmul flops counted on the jaxpr with every scan multiplied by its length
   (XLA's cost_analysis() counts a loop body once, so its number for this scanned program is far
   too low; it is printed beside, for reference), per completion token, and the time one step
-  would take at the GPU's dense bf16 peak.
+  would take at the GPU's dense bf16 peak;
+- a floor: train state + batch + two gradient copies (accumulated, current micro-batch) + what
+  JAX saves for the backward (jax._src.ad_checkpoint.saved_residuals of the vision tower over all
+  images and of one micro-batch) + the reference copy.
 CPU XLA's memory plan (buffer assignment, fusion, rematerialisation) is only an estimate of what
-GPU XLA will do; treat the GiB as +-20%, and cudnn attention (model.attention="cudnn") is not
-compiled here (the XLA attention materialises the [H, T, T] scores instead).
+GPU XLA will do: CPU XLA also computes bf16 elementwise work in float32 and keeps float32 copies
+of bf16 arrays (weight-sized ones in the optimizer update), so with bf16 it overestimates; expect
+GPU XLA between the floor and the CPU plan (with float32 params the two agree within 6%). cudnn
+attention (model.attention="cudnn") is not compiled here (XLA attention keeps [H, T, T] scores).
+
+Measured here (jax 0.10.2 CPU; 2b, B=16 x G=8, C=256, bf16; GiB incl. the 4.1 GiB reference):
+    micro  remat  CPU plan  floor      micro  remat  CPU plan  floor
+        8  none     217.8   144.9          8  full      41.4   28.2
+       16  none     270.7   172.7         16  full      46.9   29.8
+       32  none     368.4   228.4         32  full      58.0   33.1
+       64  none     569.1   339.7         64  full      80.2   39.8
+remat none cannot fit: the vision tower's VJP over the step's 16 images keeps 92 GiB (float32 and
+bf16 attention probabilities [32 layers, 16 images, 16 heads, 1024, 1024]: 48 GiB). Flops per step
+788 TFLOP (remat none) / 965 TFLOP (full), 24.1 / 29.5 GFLOP per completion token. 7b (G=4,
+remat full): CPU plan 132.5 GiB, 2166 TFLOP. Each compile takes 25-70 s on 2 cores.
 
 Defaults are configs/base.py with the paper's settings (configs/common.reference_training: bf16,
 16 prompts per step, G 8 for 2b / 4 for 7b, beta 0.04, 256 completion tokens); the batch is what
@@ -174,9 +190,10 @@ def saved_for_backward(b, micro_batch_size):
     def micro(p, f, prompt_ids, prompt_mask, grid, completion_ids):
         layout = policy.prompt_layout(b.model_config, prompt_ids, prompt_mask, grid)
         rows = jnp.arange(M, dtype=jnp.int32) % B  # any valid prompt rows: sizes only
-        return policy.rows_logprobs(
+        logp, ent = policy.rows_logprobs(
             g, p, prompt_ids, prompt_mask, layout, f, completion_ids, rows, with_entropy=True
         )
+        return logp, jax.lax.stop_gradient(ent)  # the GRPO loss only logs the entropy
 
     prompt = (batch["prompt_ids"], batch["prompt_mask"], batch["image_grid_thw"])
     llm = saved_residuals(micro, params, feats, *prompt, ids)
@@ -289,6 +306,13 @@ def measure(c, P=384, side=448, top=0):
     }
     out["peak"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"]
     out["resident_peak"] = out["peak"] + b.ref_bytes
+    out["floor"] = None
+    if saved is not None:
+        # What no backend can avoid: the train state and batch, the accumulated and the current
+        # micro-batch's gradients (param dtype), the saved residuals, the reference copy.
+        grad_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state["params"]))
+        residuals = sum(row[0] for rows in saved.values() for row in rows)
+        out["floor"] = out["arguments"] + 2 * grad_bytes + residuals + b.ref_bytes
     if top:
         out["largest"] = largest_arrays(compiled.as_text(), top)
     return out
@@ -330,6 +354,12 @@ def report(c, r):
         print(f"  + reference  {r['ref_params'] / GiB:8.2f} GiB  (frozen {g.ref_dtype} copy)")
     print(f"  = resident   {r['resident_peak'] / GiB:8.2f} GiB  fits {fits(r['resident_peak'])}")
     print(f"  ({FITS_NOTE})")
+    if r["floor"] is not None:
+        print(
+            f"  floor        {r['floor'] / GiB:8.2f} GiB  (state + batch + 2 gradient copies + "
+            "saved residuals + reference; expect GPU XLA between the floor and the CPU plan, "
+            "which also holds float32 copies of bf16 arrays)"
+        )
     if r["saved"] is not None:
         print("saved for the backward by JAX (before XLA's planning, the same on every backend):")
         parts = {
@@ -364,24 +394,28 @@ def report(c, r):
 
 
 def sweep(args):
+    """micro_batch_size {8, 16, 32, 64} x remat {none, full}: one compile each, one line each."""
     print(
-        "peak GiB of one 2b GRPO update (step peak + frozen reference copy), CPU XLA's memory "
-        "plan as an estimate of GPU XLA's (about +-20%)"
-    )
-    print(
-        f"{'micro':>5s} {'remat':>5s} {'step':>7s} {'+ref':>7s} {'temp':>7s} "
-        f"{'TFLOP':>7s} {'compile':>7s}  fits (80 / 141 GiB)"
+        f"one GRPO update of {args.preset} on one device, GiB. step = CPU XLA's plan (arguments +"
+        " temporaries + outputs - aliased), an estimate of GPU XLA's; +ref = step + the frozen "
+        "reference copy; temp = temporaries; floor = state + batch + 2 gradient copies + saved "
+        "residuals + reference (a floor: little room below it on any backend)"
     )
     print(f"fits: {FITS_NOTE}")
+    print(
+        f"{'micro':>5s} {'remat':>5s} {'step':>7s} {'+ref':>7s} {'temp':>7s} {'floor':>7s} "
+        f"{'TFLOP':>7s} {'compile':>7s}  fits +ref (80 / 141 GiB)  fits floor"
+    )
     for remat in ("none", "full"):
         for micro in (8, 16, 32, 64):
             args.remat, args.micro_batch_size = remat, micro
             c = step_config(args)
             r = measure(c, args.prompt_len, args.image_side)
+            floor = r["floor"] or float("nan")
             print(
                 f"{micro:5d} {remat:>5s} {r['peak'] / GiB:7.1f} {r['resident_peak'] / GiB:7.1f} "
-                f"{r['temporaries'] / GiB:7.1f} {r['flops'] / 1e12:7.1f} {r['compile_s']:6.0f}s  "
-                f"{fits(r['resident_peak'])}",
+                f"{r['temporaries'] / GiB:7.1f} {floor / GiB:7.1f} {r['flops'] / 1e12:7.1f} "
+                f"{r['compile_s']:6.0f}s  {fits(r['resident_peak']):24s}  {fits(floor)}",
                 flush=True,
             )
 
