@@ -151,6 +151,23 @@ def test_image_slots_split_over_devices_match_one_device(name, one_device):
     )
 
 
+def test_frozen_vision_tower_step():
+    """optim.freeze='^visual/' through the trainer's path (optimizer over the model's nnx.State,
+    train state of pure dicts): the vision tower stays, the LLM moves."""
+    config = make_config()
+    config.optim.freeze = "^visual/"
+    mesh, state, fns = build(None, config)
+    before, after, metrics = run_step(mesh, state, fns, make_batch())
+    assert np.isfinite(metrics["loss"])
+    for a, b in zip(jax.tree.leaves(before["visual"]), jax.tree.leaves(after["params"]["visual"])):
+        np.testing.assert_array_equal(a, b)
+    moved = np.abs(
+        before["language_model"]["layers"]["q_kernel"]
+        - after["params"]["language_model"]["layers"]["q_kernel"]
+    )
+    assert moved.max() > 0
+
+
 def test_mu1_gradient_is_group_baseline_reinforce():
     config = make_config(beta=0.0)
     batch = make_batch(seed=2)

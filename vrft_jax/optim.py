@@ -11,6 +11,7 @@ import re
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 SCHEDULES = ("linear", "cosine", "constant")
 # apply_if_finite applies a non-finite update after this many in a row; never, in practice: the
@@ -89,11 +90,15 @@ def frozen_filter(freeze):
 def make_optimizer(config, total_steps, params):
     """config = config.optim -> (tx, schedule).
 
-    tx: optax transformation over `params` (a pytree or nnx.State; only its structure and paths are
-    used); its updates take gradients for every parameter (frozen ones may be zeros). Updates with
-    any non-finite gradient are skipped and counted (see `nonfinite_counts`).
+    tx: optax transformation over `params` (a pytree; only its structure and paths are used). An
+    nnx.State is taken as its pure dict (nnx.to_pure_dict), the form of the train state's params
+    (steps.make_train_state), so tx.init / tx.update take that dict. Its updates take gradients
+    for every parameter (frozen ones may be zeros). Updates with any non-finite gradient are
+    skipped and counted (see `nonfinite_counts`).
     schedule: step -> lr, for logging.
     """
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
     schedule = make_schedule(config.lr, config.schedule, config.warmup_steps, total_steps)
     adamw = optax.adamw(
         schedule,
