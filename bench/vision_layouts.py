@@ -8,8 +8,9 @@
 For B images of one size (2b: 8 images of 448x448 = 1024 patches each, the Visual-RFT setting)
 it compiles the vision tower forward (and, with --grad, forward + backward, what a GRPO step runs)
 for both layouts WITHOUT materialising weights (abstract shapes), and prints XLA's cost analysis
-(flops, bytes accessed) and memory analysis (temporaries) of each, and the ratios. --time also
-runs both on random weights and prints wall time (use a small preset on CPU).
+(flops, bytes accessed) and memory analysis (temporaries) of each, and the ratios. The layers are
+unrolled (scan_layers=False) because XLA's cost analysis counts a while-loop body only once.
+--time also runs both on random weights and prints wall time (use a small preset on CPU).
 Imports no ml_collections / pycocotools / tfds.
 """
 
@@ -84,27 +85,33 @@ def main():
     pixels = pixels.astype(np.float32)
     layouts = {name: buckets.pad_images(pixels, grid, layout=name) for name in ("packed", "slots")}
 
-    abstract = nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    def program(scan_layers: bool):
+        """(jitted fn, abstract params). XLA's cost analysis counts a loop body once, so flops and
+        bytes come from the unrolled tower; the memory plan from the scanned one (what runs)."""
+        cfg = config.replace(scan_layers=scan_layers)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen2VL(cfg, rngs=nnx.Rngs(0))))
 
-    def forward(params, pv, g):
-        return nnx.merge(graphdef, params).encode_images(pv, g)
+        def forward(params, pv, g):
+            return nnx.merge(graphdef, params).encode_images(pv, g)
 
-    def loss(params, pv, g):
-        return jnp.sum(forward(params, pv, g).astype(jnp.float32) ** 2)
+        def loss(params, pv, g):
+            return jnp.sum(forward(params, pv, g).astype(jnp.float32) ** 2)
 
-    fn = jax.jit(jax.grad(loss) if a.grad else forward)
+        return jax.jit(jax.grad(loss) if a.grad else forward), state
+
     print(
         f"preset {a.preset}: {images} images of {side}x{side} patches, vision depth "
         f"{config.vision_depth}, width {config.vision_embed_dim}, {p['dtype']}, "
         f"{'forward + backward' if a.grad else 'forward'}, remat {a.remat}; "
         f"backend {jax.default_backend()}"
     )
+    (unrolled, state), (scanned, _) = program(False), program(True)
     results = {}
     for name, (pv, g) in layouts.items():
         t0 = time.perf_counter()
-        compiled = fn.lower(state, jax.ShapeDtypeStruct(pv.shape, pv.dtype), g).compile()
-        flops, nbytes, temp = cost(compiled)
+        arg = jax.ShapeDtypeStruct(pv.shape, pv.dtype)
+        flops, nbytes, _ = cost(unrolled.lower(state, arg, g).compile())
+        temp = cost(scanned.lower(state, arg, g).compile())[2]
         results[name] = (flops, nbytes, temp)
         temp_s = "n/a" if temp is None else f"{temp / 2**30:.2f} GiB"
         print(
@@ -126,7 +133,8 @@ def main():
         params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
         for name, where in (("replicated", rep), ("split", split)):
             arg = jax.ShapeDtypeStruct(pv.shape, pv.dtype, sharding=where)
-            flops, nbytes, temp = cost(fn.lower(params, arg, jax.device_put(g, rep)).compile())
+            compiled = unrolled.lower(params, arg, jax.device_put(g, rep)).compile()
+            flops, nbytes, _ = cost(compiled)
             print(
                 f"  slots {name:10s} over {jax.device_count()} devices: per device "
                 f"{flops / 1e9:.1f} GFLOP, {nbytes / 1e9:.1f} GB accessed"
@@ -138,10 +146,10 @@ def main():
         model = random_qwen2_vl(config, seed=0, dtype=p["dtype"])
         params = nnx.state(model)
         for name, (pv, g) in layouts.items():
-            out = jax.block_until_ready(fn(params, pv, g))  # compile + run once
+            out = jax.block_until_ready(scanned(params, pv, g))  # compile + run once
             start = time.perf_counter()
             for _ in range(3):
-                out = jax.block_until_ready(fn(params, pv, g))
+                out = jax.block_until_ready(scanned(params, pv, g))
             print(f"  {name:6s} {1e3 * (time.perf_counter() - start) / 3:.1f} ms per call")
         del out
 
