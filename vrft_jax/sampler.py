@@ -5,10 +5,12 @@ Flow for B prompts and G samples each (N = B*G rows; rows i*G .. i*G+G-1 belong 
    a run compiles a bounded number of programs; dummy prompts are dropped from the output.
 2. `prefill` (jitted): encode each prompt's images once, run the B prompts through the decoder into
    a KV cache [L, B, P, K, D], then fork it G times (jnp.repeat on the batch axis) and pad it to
-   P + C columns. The G copies never get their own prefill.
+   P + C columns. The G copies never get their own prefill. By default (unroll_decode) the cache
+   is handed on as L per-layer buffers [N, K, P + C, D].
 3. `decode` (jitted, state donated): a while_loop that samples a token from the current logits,
    records it with its raw-policy log-prob, feeds it back through the decoder with the cache, and
-   stops when C tokens are written or every row has emitted an EOS id.
+   stops when C tokens are written or every row has emitted an EOS id. The layer weights are split
+   out of their stacked arrays once, before the loop (bench/decode_cost.py shows the step's cost).
 
 Parameters are arguments of both programs (graphdef static, state traced), so new parameters every
 training step reuse the compiled programs.

@@ -3,6 +3,9 @@
 The cache is a plain pytree {"k": [L, B, Tmax, K, D], "v": [L, B, Tmax, K, D]}. A call writes its T
 new keys/values at columns cache_index .. cache_index+T-1 (the same columns for every row, since
 prompts are left-padded) and attends causally by column, restricted by kv_mask (False = padding).
+The sampler's decode loop uses a per-layer form instead: L buffers [B, K, Tmax, D] per k/v and the
+layer weights split once (`Decoder.split_layers`), so a decode step reads every weight and cache
+buffer in place (slicing stacked arrays inside the loop copies them every step).
 """
 
 import jax
