@@ -32,10 +32,13 @@ Measured here (jax 0.10.2 CPU; 2b, B=16 x G=8, C=256, bf16; GiB incl. the 4.1 Gi
        16  none     270.7   172.7         16  full      46.9   29.8
        32  none     368.4   228.4         32  full      58.0   33.1
        64  none     569.1   339.7         64  full      80.2   39.8
-remat none cannot fit: the vision tower's VJP over the step's 16 images keeps 92 GiB (float32 and
-bf16 attention probabilities [32 layers, 16 images, 16 heads, 1024, 1024]: 48 GiB). Flops per step
-788 TFLOP (remat none) / 965 TFLOP (full), 24.1 / 29.5 GFLOP per completion token. 7b (G=4,
-remat full): CPU plan 132.5 GiB, 2166 TFLOP. Each compile takes 25-70 s on 2 cores.
+(that table: model.vision_remat = model.remat.) With remat none for the whole model the vision
+tower's VJP over the step's 16 images keeps 92 GiB (float32 and bf16 attention probabilities
+[32 layers, 16 images, 16 heads, 1024, 1024]: 48 GiB); hence the default model.vision_remat="full":
+remat none + vision full, micro 8: CPU plan 86.0 GiB with the reference (fits an H200), floor 54.3,
+vision residuals 1.74 GiB, 804.5 TFLOP (+2% over 788). Flops per step 788 TFLOP (remat none) /
+965 TFLOP (full), 24.1 / 29.5 GFLOP per completion token. 7b (G=4, remat full): CPU plan
+132.5 GiB, 2166 TFLOP. Each compile takes 25-70 s on 2 cores.
 
 Defaults are configs/base.py with the paper's settings (configs/common.reference_training: bf16,
 16 prompts per step, G 8 for 2b / 4 for 7b, beta 0.04, 256 completion tokens); the batch is what
@@ -77,6 +80,7 @@ def step_config(args):
     c.model_init = ""  # shapes only
     c.model.preset = args.preset
     c.model.remat = args.remat or c.model.remat
+    c.model.vision_remat = getattr(args, "vision_remat", None) or c.model.vision_remat
     c.model.param_dtype = args.param_dtype or c.model.param_dtype
     c.model.compute_dtype = args.compute_dtype or c.model.compute_dtype
     c.input.batch_size = args.prompts or c.input.batch_size
@@ -126,7 +130,8 @@ def build(c, P, side):
     m = c.model
     model_config = get_preset(
         m.preset, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
-        attention=m.attention, remat=m.remat, scan_layers=m.scan_layers,
+        attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
+        scan_layers=m.scan_layers,
     )  # fmt: skip
     abstract = nnx.eval_shape(lambda: Qwen2VL(model_config, rngs=nnx.Rngs(0)))
     graphdef, params_state = nnx.split(abstract, nnx.Param)
@@ -336,7 +341,8 @@ def report(c, r):
     num_micro = steps.num_micro_batches(N, int(g.micro_batch_size))
     print(
         f"Qwen2-VL {m.preset} ({r['params'] / 1e9:.2f}B params, {m.param_dtype} params, "
-        f"{m.compute_dtype} compute, remat {m.remat}, freeze {c.optim.freeze or 'none'}); "
+        f"{m.compute_dtype} compute, remat {m.remat} (vision {m.vision_remat}), "
+        f"freeze {c.optim.freeze or 'none'}); "
         f"backend {jax.default_backend()}, traced in {r['trace_s']:.0f} s, compiled in "
         f"{r['compile_s']:.0f} s"
     )
@@ -428,6 +434,9 @@ def main(argv=None):
     ap.add_argument("--completion", type=int, help="completion length C (sampler.max_new_tokens)")
     ap.add_argument("--micro-batch-size", type=int, help="default grpo.micro_batch_size")
     ap.add_argument("--remat", choices=("none", "full", "dots"), help="default model.remat")
+    ap.add_argument(
+        "--vision-remat", choices=("none", "full", "dots"), help="default model.vision_remat"
+    )
     ap.add_argument("--prompt-len", type=int, default=384, help="prompt bucket P")
     ap.add_argument("--image-side", type=int, default=448, help="pixels of each square image")
     ap.add_argument("--param-dtype", choices=("float32", "bfloat16"))

@@ -36,6 +36,7 @@ def get_config(arg=None):
     c.model.compute_dtype = "float32"  # activations ("bfloat16" on accelerators)
     c.model.attention = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
     c.model.remat = "none"  # activation checkpointing of each scanned layer: "none", "full", "dots"
+    c.model.vision_remat = "full"  # the vision tower's own (saves its attention maps for backward)
     c.model.scan_layers = True  # one compiled decoder/vision layer scanned over depth
 
     # ---- Inputs (prompt side) -------------------------------------------------------------------

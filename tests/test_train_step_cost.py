@@ -55,7 +55,7 @@ def test_largest_arrays_names_the_biggest_result(bench):
 def args(**kw):
     base = dict(
         preset="tiny", prompts=2, G=2, completion=8, micro_batch_size=None, remat=None,
-        param_dtype=None, compute_dtype=None, beta=None, freeze_vision=False,
+        vision_remat=None, param_dtype=None, compute_dtype=None, beta=None, freeze_vision=False,
     )  # fmt: skip
     base.update(kw)
     return types.SimpleNamespace(**base)
@@ -83,7 +83,7 @@ def test_remat_shrinks_the_saved_residuals(bench):
     pytest.importorskip("ml_collections")
     got = {}
     for remat in ("none", "full"):
-        b = bench.build(bench.step_config(args(remat=remat)), P=64, side=56)
+        b = bench.build(bench.step_config(args(remat=remat, vision_remat=remat)), P=64, side=56)
         saved = bench.saved_for_backward(b, 4)
         if saved is None:
             pytest.skip("jax._src.ad_checkpoint.saved_residuals is missing in this jax")

@@ -230,12 +230,13 @@ def build_model(config, init_source, init_path):
         model = hf.load_qwen2_vl(config.model_init, dtype=jnp.dtype(m.param_dtype), **kwargs)
         model.config = model.config.replace(
             compute_dtype=m.compute_dtype, attention=m.attention, remat=m.remat,
-            scan_layers=m.scan_layers,
+            vision_remat=m.vision_remat, scan_layers=m.scan_layers,
         )  # fmt: skip
         return model
     preset = get_preset(
         m.preset, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
-        attention=m.attention, remat=m.remat, scan_layers=m.scan_layers,
+        attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
+        scan_layers=m.scan_layers,
     )  # fmt: skip
     return random_qwen2_vl(preset, seed=config.seed, **kwargs)
 

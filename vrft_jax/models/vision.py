@@ -186,7 +186,7 @@ class VisionTower(nnx.Module):
             return vision_block(x, p, cos, sin, mask, c.attention), None
 
         x, _ = scan_layers(
-            body, x, values(self.blocks, BLOCK_PARAMS), scan=c.scan_layers, remat=c.remat
+            body, x, values(self.blocks, BLOCK_PARAMS), scan=c.scan_layers, remat=c.vision_remat
         )
         merged = self.merger(x.reshape(-1, x.shape[-1]), c.merge_unit)
         if not slots:
