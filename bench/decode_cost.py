@@ -42,15 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vrft_jax.decoding import _step, decode, decode_step, prefill
 from vrft_jax.models import Qwen2VL, get_preset, random_qwen2_vl
-from vrft_jax.sampler import (
-    EOS_TOKEN_IDS,
-    PAD_TOKEN_ID,
-    _step,
-    decode,
-    decode_step,
-    prefill,
-)
+from vrft_jax.sampler import EOS_TOKEN_IDS, PAD_TOKEN_ID
 from vrft_jax.sampling import SamplingRule
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,16 +1,13 @@
-"""Rollout sampler: one jitted prefill, then one jitted `lax.while_loop` decode over a KV cache.
+"""Rollout sampler, host side: shape buckets, the compiled programs, and the public `generate`.
 
 Flow for B prompts and G samples each (N = B*G rows; rows i*G .. i*G+G-1 belong to prompt i):
-1. Host: pad to shape buckets (prompt length P, packed patches S, image count I, prompt count B) so
-   a run compiles a bounded number of programs; dummy prompts are dropped from the output.
-2. `prefill` (jitted): encode each prompt's images once, run the B prompts through the decoder into
-   a KV cache [L, B, P, K, D], then fork it G times (jnp.repeat on the batch axis) and pad it to
-   P + C columns. The G copies never get their own prefill. By default (unroll_decode) the cache
-   is handed on as L per-layer buffers [N, K, P + C, D].
-3. `decode` (jitted, state donated): a while_loop that samples a token from the current logits,
-   records it with its raw-policy log-prob, feeds it back through the decoder with the cache, and
-   stops when C tokens are written or every row has emitted an EOS id. The layer weights are split
-   out of their stacked arrays once, before the loop (bench/decode_cost.py shows the step's cost).
+1. Host (`Sampler.prepare`): pad to shape buckets (prompt length P, images, prompt count B) so a
+   run compiles a bounded number of programs; dummy prompts are dropped from the output.
+2. `decoding.prefill` (jitted): encode each prompt's images once, prefill the B prompts into a KV
+   cache and fork it G times (the G copies never get their own prefill).
+3. `decoding.decode` (jitted, state donated): the `lax.while_loop` that samples, records each
+   token's raw-policy log-prob and feeds it back through the cache until C tokens or every row
+   has emitted an EOS id.
 
 Parameters are arguments of both programs (graphdef static, state traced), so new parameters every
 training step reuse the compiled programs.
@@ -22,11 +19,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
+from flax import nnx
 
 from vrft_jax import buckets
-from vrft_jax.models.qwen2_vl import init_cache
-from vrft_jax.models.rope import get_rope_index
+from vrft_jax.decoding import SamplingState, _step, decode, prefill
 from vrft_jax.sampling import SamplingRule
 
 DEFAULT_BATCH_BUCKETS = (
@@ -43,34 +39,6 @@ EOS_TOKEN_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 PAD_TOKEN_ID = 151643
 
 
-@struct.dataclass
-class SamplingState:
-    """Loop state of the decode while_loop (a pytree; donated to the decode program).
-
-    step: int32 [] next completion column to fill (= decode steps done).
-    logits: float32 [N, V] raw next-token logits of each row.
-    tokens: int32 [N, C] sampled tokens, pad after a row's stop token.
-    mask: bool [N, C] True up to and including the stop token.
-    logprobs: float32 [N, C] raw-policy log-prob of each sampled token (0 where mask is False).
-    done: bool [N] the row has emitted an EOS id (dummy rows start done).
-    cache: {"k", "v"} [L, N, P + C, K, D] KV cache; prompt at columns 0..P-1.
-    kv_mask: bool [N, P + C] real prompt columns and all completion columns.
-    next_pos: int32 [N] M-RoPE position of the token fed next (real length + rope delta + step).
-    rng: the sampling key; step k draws with fold_in(rng, k).
-    """
-
-    step: jax.Array
-    logits: jax.Array
-    tokens: jax.Array
-    mask: jax.Array
-    logprobs: jax.Array
-    done: jax.Array
-    cache: dict
-    kv_mask: jax.Array
-    next_pos: jax.Array
-    rng: jax.Array
-
-
 @dataclasses.dataclass
 class SampleOutput:
     """Completions of N = B*G rows (rows i*G .. i*G+G-1 from prompt i); C = max_new_tokens.
@@ -82,130 +50,6 @@ class SampleOutput:
     mask: jax.Array
     logprobs: jax.Array
     steps: int
-
-
-# ---- Jitted programs (pure functions of graphdef, params and arrays) -----------------------------
-
-
-def prefill(
-    graphdef,
-    params,
-    input_ids,
-    attention_mask,
-    pixel_values,
-    image_grid_thw,
-    real_rows,
-    rng,
-    *,
-    num_samples: int,
-    max_new_tokens: int,
-    pad_token_id: int,
-    cache_dtype,
-    per_layer_cache: bool = False,
-):
-    """Padded prompts [B, P] (+ packed images) -> SamplingState of N = B*G rows.
-
-    per_layer_cache: hand decode L separate cache buffers per k/v (see `decode`)."""
-    model = nnx.merge(graphdef, params)
-    c, g = model.config, num_samples
-    bsz, plen = input_ids.shape
-    image_embeds = None
-    if pixel_values is not None:
-        image_embeds = model.encode_images(pixel_values, image_grid_thw)
-    x = model.embed(input_ids, image_embeds)
-    positions, deltas = get_rope_index(input_ids, attention_mask, image_grid_thw, c)
-    prompt_mask = attention_mask > 0
-    cache = init_cache(c, bsz, plen, cache_dtype)
-    hidden, cache = model.decode(x, positions, prompt_mask, cache, 0)
-    logits = model.lm_logits(hidden[:, -1])  # [B, V]; left padding puts every last token at P-1
-
-    # Fork: G copies of each prompt's cache, logits and positions; room for C new columns.
-    def fork(a, axis=0):
-        return jnp.repeat(a, g, axis=axis)
-
-    cols = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0))
-    cache = {k: jnp.pad(fork(v, axis=1), cols) for k, v in cache.items()}
-    if per_layer_cache:  # L buffers [N, K, P + C, D] each (Decoder's per-layer form)
-        cache = {
-            k: tuple(v[i].transpose(0, 2, 1, 3) for i in range(c.num_hidden_layers))
-            for k, v in cache.items()
-        }
-    n, ctok = bsz * g, max_new_tokens
-    kv_mask = jnp.concatenate([fork(prompt_mask), jnp.ones((n, ctok), bool)], axis=1)
-    return SamplingState(
-        step=jnp.zeros((), jnp.int32),
-        logits=fork(logits),
-        tokens=jnp.full((n, ctok), pad_token_id, jnp.int32),
-        mask=jnp.zeros((n, ctok), bool),
-        logprobs=jnp.zeros((n, ctok), jnp.float32),
-        done=fork(~real_rows),
-        cache=cache,
-        kv_mask=kv_mask,
-        next_pos=fork(jnp.sum(prompt_mask, axis=1).astype(jnp.int32) + deltas),
-        rng=rng,
-    )
-
-
-def decode_step(
-    model, s: SamplingState, eos_ids, *, rule: SamplingRule, pad_token_id: int, layers=None
-):
-    """One step: pick a token per row from s.logits, record it, run it through the decoder.
-
-    eos_ids: int32 [E] stop ids (traced, so changing them does not recompile). layers: the
-    decoder's per-layer parameters (Decoder.split_layers) when the cache is per-layer."""
-    plen = s.kv_mask.shape[1] - s.tokens.shape[1]
-    tok, logp = rule.next_tokens_and_logprobs(s.logits, jax.random.fold_in(s.rng, s.step))
-    active = ~s.done
-    tok = jnp.where(active, tok, pad_token_id)
-    logp = jnp.where(active, logp, 0.0)
-    at = (0, s.step)
-    done = s.done | jnp.any(tok[:, None] == eos_ids[None, :], axis=1)
-
-    x = model.embed(tok[:, None])
-    n = tok.shape[0]
-    pos = jnp.broadcast_to(s.next_pos[None, :, None], (3, n, 1))  # same value on t/h/w streams
-    hidden, cache = model.language_model(x, pos, s.kv_mask, s.cache, plen + s.step, layers)
-    return s.replace(
-        step=s.step + 1,
-        logits=model.lm_logits(hidden[:, 0]),
-        tokens=jax.lax.dynamic_update_slice(s.tokens, tok[:, None], at),
-        mask=jax.lax.dynamic_update_slice(s.mask, active[:, None], at),
-        logprobs=jax.lax.dynamic_update_slice(s.logprobs, logp[:, None].astype(jnp.float32), at),
-        done=done,
-        cache=cache,
-        next_pos=s.next_pos + 1,
-    )
-
-
-def _layers(model, state: SamplingState):
-    """Per-layer parameters, split once outside the loop, when the cache is per-layer."""
-    per_layer = isinstance(state.cache["k"], (tuple, list))
-    return model.language_model.split_layers() if per_layer else None
-
-
-def decode(graphdef, params, state: SamplingState, eos_ids, *, rule, pad_token_id):
-    """Runs decode_step until C tokens are written or every row is done (early exit).
-
-    With a per-layer cache (prefill's per_layer_cache) the layer weights are sliced out of their
-    stacked arrays once, here, and the loop body runs an unrolled layer loop that reads each
-    weight and cache buffer in place: no per-step slice copies (one extra copy of the layer
-    weights lives for the duration of the loop)."""
-    model = nnx.merge(graphdef, params)
-    ctok = state.tokens.shape[1]
-    layers = _layers(model, state)
-
-    def cond(s):
-        return (s.step < ctok) & ~jnp.all(s.done)
-
-    def body(s):
-        return decode_step(model, s, eos_ids, rule=rule, pad_token_id=pad_token_id, layers=layers)
-
-    return jax.lax.while_loop(cond, body, state)
-
-
-def _step(graphdef, params, state, eos_ids, **kwargs):
-    model = nnx.merge(graphdef, params)
-    return decode_step(model, state, eos_ids, layers=_layers(model, state), **kwargs)
 
 
 # ---- Host-side sampler ---------------------------------------------------------------------------
