@@ -56,3 +56,29 @@ def test_per_layer_decode_equals_stacked_decode():
         np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
         np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
         assert np.asarray(a.mask).all() and a.steps == b.steps == 5
+
+
+def test_rows_split_over_the_mesh_match_one_device():
+    """With parameters on an fsdp8 mesh the sampler splits the N rows (KV cache included) over the
+    devices, and samples the same tokens and log-probs as on one device."""
+    from vrft_jax import sharding
+    from vrft_jax.models.partitioning import shard_model
+
+    model = tiny_hf.rescale_params_(random_qwen2_vl("tiny", seed=0, **BUCKETS))
+    rng = np.random.default_rng(1)
+    rows = [tiny_hf.image_prompt(rng, 3, [(1, 4, 4)], 4), tiny_hf.image_prompt(rng, 5, [], 2)]
+    ids, mask = tiny_hf.left_pad(rows)
+    pv, grid = tiny_hf.random_pixels(rng, [(1, 4, 4)])
+    kw = dict(max_new_tokens=6, num_samples=4, rng=3, eos_token_ids=(-1,), temperature=1.0)
+    want = sampler.generate(model, ids, mask, pv, grid, **kw)
+
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 8), ("tensor", 1)))
+    shard_model(model, mesh)
+    graphdef, params = nnx.split(model)
+    split = sampler.Sampler(graphdef, model.config, **BUCKETS)
+    state = split.start(params, ids, mask, pv, grid, max_new_tokens=6, num_samples=4)
+    cache = state.cache["k"][0]
+    assert cache.shape[0] == 8 and {s.data.shape[0] for s in cache.addressable_shards} == {1}
+    got = split(params, ids, mask, pv, grid, **kw)
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+    np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(want.logprobs), atol=1e-5)

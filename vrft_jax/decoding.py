@@ -13,6 +13,8 @@ programs, the public `generate`) is vrft_jax.sampler.
   step costs).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -65,10 +67,14 @@ def prefill(
     pad_token_id: int,
     cache_dtype,
     per_layer_cache: bool = False,
+    row_sharding=None,
 ):
     """Padded prompts [B, P] (+ packed images) -> SamplingState of N = B*G rows.
 
-    per_layer_cache: hand decode L separate cache buffers per k/v (see `decode`)."""
+    per_layer_cache: hand decode L separate cache buffers per k/v (see `decode`).
+    row_sharding: a NamedSharding splitting the N rows over the mesh's batch axes, or None. The
+    state (the KV cache above all) is then split by rows, so each device reads only its rows'
+    cache every decode step instead of all of it."""
     model = nnx.merge(graphdef, params)
     c, g = model.config, num_samples
     bsz, plen = input_ids.shape
@@ -95,7 +101,7 @@ def prefill(
         }
     n, ctok = bsz * g, max_new_tokens
     kv_mask = jnp.concatenate([fork(prompt_mask), jnp.ones((n, ctok), bool)], axis=1)
-    return SamplingState(
+    state = SamplingState(
         step=jnp.zeros((), jnp.int32),
         logits=fork(logits),
         tokens=jnp.full((n, ctok), pad_token_id, jnp.int32),
@@ -107,6 +113,28 @@ def prefill(
         next_pos=fork(jnp.sum(prompt_mask, axis=1).astype(jnp.int32) + deltas),
         rng=rng,
     )
+    return state if row_sharding is None else split_rows(state, row_sharding)
+
+
+def split_rows(state: SamplingState, rows):
+    """Constrains every [N, ...] array of the state to `rows` (a stacked cache [L, N, ...] on its
+    second axis)."""
+    n = state.tokens.shape[0]
+    spec = rows.spec[0]
+
+    def constrain(x, axis=0):
+        parts = [None] * x.ndim
+        parts[axis] = spec
+        target = jax.sharding.NamedSharding(rows.mesh, jax.sharding.PartitionSpec(*parts))
+        return jax.lax.with_sharding_constraint(x, target)
+
+    stacked = not isinstance(state.cache["k"], (tuple, list))
+    cache = jax.tree.map(lambda x: constrain(x, 1 if stacked else 0), state.cache)
+    arrays = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    others = {
+        k: constrain(x) for k, x in arrays.items() if k != "cache" and x.ndim and x.shape[0] == n
+    }
+    return state.replace(cache=cache, **others)
 
 
 def decode_step(

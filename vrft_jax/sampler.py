@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from vrft_jax import buckets
+from vrft_jax import buckets, sharding
 from vrft_jax.decoding import SamplingState, _step, decode, prefill
 from vrft_jax.sampling import SamplingRule
 
@@ -91,7 +92,14 @@ class Sampler:
         # both of which slice the stacked weights and cache every step; copies on CPU XLA).
         self.unroll_decode = bool(unroll_decode)
         self._compiles = 0
-        static = ("num_samples", "max_new_tokens", "pad_token_id", "cache_dtype", "per_layer_cache")
+        static = (
+            "num_samples",
+            "max_new_tokens",
+            "pad_token_id",
+            "cache_dtype",
+            "per_layer_cache",
+            "row_sharding",
+        )
         self._prefill = jax.jit(self._counted(prefill), static_argnums=0, static_argnames=static)
         # Donating the loop state lets XLA update the KV cache in place (no second copy).
         self._decode = jax.jit(
@@ -210,6 +218,7 @@ class Sampler:
             pad_token_id=int(pad_token_id),
             cache_dtype=self.cache_dtype,
             per_layer_cache=self.unroll_decode,
+            row_sharding=row_sharding(params, ids.shape[0] * int(num_samples)),
         )
 
     def run(
@@ -258,6 +267,20 @@ class Sampler:
         state = self.run(params, state, rule, eos_token_ids, pad_token_id)
         n = np.asarray(input_ids).shape[0] * num_samples  # dummy prompts' rows come last: drop them
         return SampleOutput(state.tokens[:n], state.mask[:n], state.logprobs[:n], int(state.step))
+
+
+def row_sharding(params, n: int):
+    """The N sampled rows split over the batch axes ("data", "fsdp") of the mesh the parameters
+    live on; None on one device or when N does not divide."""
+    where = getattr(jax.tree.leaves(params)[0], "sharding", None)
+    if not isinstance(where, NamedSharding):
+        return None
+    mesh = where.mesh
+    axes = tuple(a for a in sharding.BATCH_AXES if mesh.shape.get(a, 1) > 1)
+    ways = int(np.prod([mesh.shape[a] for a in axes]))
+    if ways <= 1 or n % ways:
+        return None
+    return NamedSharding(mesh, PartitionSpec(axes))
 
 
 def eos_array(eos_token_ids):
