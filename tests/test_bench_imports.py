@@ -6,21 +6,14 @@ import pathlib
 import subprocess
 import sys
 
+from import_blocker import blocking_prelude
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-SCRIPT = """
-import importlib.abc, importlib.util, sys
 BLOCKED = ("ml_collections", "pycocotools", "tensorflow_datasets", "grain", "lvis", "tensorflow")
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-_find_spec = importlib.util.find_spec
-def find_spec(name, package=None):
-    return None if name.split(".")[0] in BLOCKED else _find_spec(name, package)
-importlib.util.find_spec = find_spec
-sys.meta_path.insert(0, Block())
-
+SCRIPT = (
+    blocking_prelude(*BLOCKED)
+    + """
 import vrft_jax.hf, vrft_jax.sampler, vrft_jax.buckets, vrft_jax.models  # noqa
 loaded = []
 for name in sys.argv[1:]:
@@ -33,6 +26,7 @@ leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not leaked, leaked
 print("imported", " ".join(loaded))
 """
+)
 
 
 def test_gpu_benchmarks_import_without_data_and_eval_packages():

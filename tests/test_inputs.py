@@ -9,6 +9,7 @@ import jinja2
 import numpy as np
 import PIL.Image
 import pytest
+from import_blocker import blocking_prelude
 
 from vrft_jax import inputs
 
@@ -225,18 +226,9 @@ def test_decode_stops_at_eos_and_skips_special_tokens(processor):
     assert processor.decode(np.array([row1]), mask) == ["hello <answer>x</answer> junk"]
 
 
-NO_TORCH_SCRIPT = """
-import importlib.abc, importlib.util, sys
-BLOCKED = ("torch", "torchvision")
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-_find_spec = importlib.util.find_spec
-def find_spec(name, package=None):
-    return None if name.split(".")[0] in BLOCKED else _find_spec(name, package)
-importlib.util.find_spec = find_spec
-sys.meta_path.insert(0, Block())
+NO_TORCH_SCRIPT = (
+    blocking_prelude("torch", "torchvision")
+    + """
 import numpy as np
 from vrft_jax.inputs import PromptProcessor
 p = PromptProcessor(sys.argv[1], min_pixels=3136, max_pixels=401408)
@@ -244,6 +236,7 @@ b = p.encode_batch([([np.zeros((60, 90, 3), np.uint8)], "hi")])
 assert b["pixel_values"].shape == (24, 1176) and "torch" not in sys.modules
 print("ok without torch")
 """
+)
 
 
 def test_works_without_torch(tokenizer_dir):
