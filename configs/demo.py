@@ -17,21 +17,21 @@ Why these settings: the warm-up stops where sampled completions have the full fo
 sometimes (measured: 9% of samples after 38 SFT steps, 75% after 46), so GRPO has a reward signal
 and headroom; rewards are format (0..1) + classification (0..1), total 0..2.
 
-Expected result (measured 2026-11-27 on a 2-core CPU shared with two other test jobs: 7.5 min
-wall, 5.7 min of CPU user time; `greedy:` = greedy decoding, `sampled:` = held-out expected reward
+Expected result (measured 2026-11-27 on the idle 2-core CPU: 4.2 min wall, 241 s in the run's own
+timer, 5.2 min of CPU user time; `greedy:` = greedy decoding, `sampled:` = held-out expected reward
 over 4 sampled completions per prompt at temperature 1, the quantity GRPO optimises):
 
              accuracy  greedy:total  greedy:format  sampled:total  sampled:format  sampled:class
   before        0.000         0.000          0.000          0.000           0.000          0.000
-  after_sft     0.354         1.354          1.000          0.401           0.234          0.167
-  final         0.354         1.354          1.000          0.786           0.589          0.198
+  after_sft     0.354         1.354          1.000          0.396           0.229          0.167
+  final         0.354         1.354          1.000          0.828           0.589          0.240
 
-GRPO doubles the held-out sampled reward over the SFT starting point (0.401 -> 0.786, mostly the
-format: 0.234 -> 0.589) and raises sampled accuracy a little (0.167 -> 0.198). Greedy decoding is
+GRPO doubles the held-out sampled reward over the SFT starting point (0.396 -> 0.828, mostly the
+format: 0.229 -> 0.589) and raises sampled accuracy (0.167 -> 0.240). Greedy decoding is
 unchanged: after the warm-up it already has the format and answers one class for every image
 (accuracy = that class's share), and 30 GRPO steps on a 10M-parameter random-init model do not yet
-teach it to read the shape. Train reward: 0.31 at step 1 -> 0.6-0.8 at steps 23-30
-(reward_curve.png).
+teach it to read the shape. Train reward: 0.28 at step 1 -> 0.6-0.9 at steps 24-30
+(reward_curve.png). (A run on a machine shared with other jobs took 7.5 min.)
 """
 
 from configs import base
