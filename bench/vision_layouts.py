@@ -15,6 +15,8 @@ Imports no ml_collections / pycocotools / tfds.
 """
 
 import argparse
+import os
+import sys
 import time
 
 import jax
@@ -25,24 +27,13 @@ from flax import nnx
 from vrft_jax import buckets
 from vrft_jax.models import Qwen2VL, get_preset
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rollout  # noqa: E402  (bench/rollout.py: the shared size presets)
+
 PRESETS = {
     "2b": dict(config={}, images=8, side=448, dtype="bfloat16"),
-    "small": dict(
-        config=dict(
-            vision_depth=2,
-            vision_embed_dim=128,
-            vision_num_heads=4,
-            hidden_size=256,
-            intermediate_size=1024,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            mrope_section=(8, 12, 12),
-        ),
-        images=8,
-        side=224,
-        dtype="float32",
-    ),
+    # rollout's cpu-small model (vision depth 2, width 128), 8 images of 224 px
+    "small": dict(config=rollout.PRESETS["cpu-small"].config, images=8, side=224, dtype="float32"),
 }
 
 

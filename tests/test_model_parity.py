@@ -59,10 +59,9 @@ def test_one_image(pair):
     assert err <= TOL
 
 
-def test_several_images_left_padding(pair):
-    """Row 0: two images of different sizes; row 1: text only; row 2: one image; left padded."""
-    torch_model, model, _ = pair
-    rng = np.random.default_rng(2)
+def multi_image_batch(rng):
+    """Row 0: two images of different sizes; row 1: text only; row 2: one image; left padded.
+    -> (ids, mask, pixel_values, image_grid_thw) as the processor gives them."""
     g0, g2 = [(1, 4, 6), (1, 10, 4)], [(1, 6, 6)]
     rows = [
         tiny_hf.image_prompt(rng, 3, g0, 4),
@@ -70,7 +69,14 @@ def test_several_images_left_padding(pair):
         tiny_hf.image_prompt(rng, 2, g2, 3),
     ]
     ids, mask = tiny_hf.left_pad(rows)
-    pv, grid = tiny_hf.random_pixels(rng, g0 + g2)
+    return (ids, mask, *tiny_hf.random_pixels(rng, g0 + g2))
+
+
+def test_several_images_left_padding(pair):
+    """Row 0: two images of different sizes; row 1: text only; row 2: one image; left padded."""
+    torch_model, model, _ = pair
+    rng = np.random.default_rng(2)
+    ids, mask, pv, grid = multi_image_batch(rng)
     ref = tiny_hf.hf_logits(torch_model, ids, mask, pv, grid)
     err = rel_err(model(ids, mask, pv, grid), ref, mask)
     print(f"multi-image left-padded rel err {err:.2e}")
@@ -125,14 +131,7 @@ def test_slots_layout_matches_transformers(pair):
     if "untied" in path:
         pytest.skip("the image layout does not depend on the head (checked on the tied model)")
     rng = np.random.default_rng(6)
-    g0, g2 = [(1, 4, 6), (1, 10, 4)], [(1, 6, 6)]
-    rows = [
-        tiny_hf.image_prompt(rng, 3, g0, 4),
-        list(rng.integers(0, 151000, 9)),
-        tiny_hf.image_prompt(rng, 2, g2, 3),
-    ]
-    ids, mask = tiny_hf.left_pad(rows)
-    pv, grid = tiny_hf.random_pixels(rng, g0 + g2)
+    ids, mask, pv, grid = multi_image_batch(rng)
     slots, slot_grid = buckets.pad_images(pv, grid, (64,), (4,), layout="slots")
     packed, packed_grid = buckets.pad_images(pv, grid, (256,), (4,), layout="packed")
     assert slots.shape == (4, 64, 1176) and packed.shape == (256, 1176)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from vrft_jax import buckets, sharding
 from vrft_jax.decoding import SamplingState, _step, decode, prefill
@@ -275,12 +275,10 @@ def row_sharding(params, n: int):
     where = getattr(jax.tree.leaves(params)[0], "sharding", None)
     if not isinstance(where, NamedSharding):
         return None
-    mesh = where.mesh
-    axes = tuple(a for a in sharding.BATCH_AXES if mesh.shape.get(a, 1) > 1)
-    ways = int(np.prod([mesh.shape[a] for a in axes]))
+    ways = sharding.batch_ways(where.mesh)
     if ways <= 1 or n % ways:
         return None
-    return NamedSharding(mesh, PartitionSpec(axes))
+    return sharding.batch_sharding(where.mesh)
 
 
 def eos_array(eos_token_ids):

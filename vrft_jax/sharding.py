@@ -126,6 +126,11 @@ def batch_sharding(mesh):
     return NamedSharding(mesh, PartitionSpec(axes if axes else None))
 
 
+def batch_ways(mesh) -> int:
+    """How many parts `batch_sharding` splits a batch into (data x fsdp)."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+
+
 def replicated(mesh):
     return NamedSharding(mesh, PartitionSpec())
 
@@ -136,8 +141,7 @@ def shard_batch(tree, mesh):
     Every process passes its own slice of rows (the same count on each); single-process runs pass
     the whole batch. The global leading size must divide by data x fsdp.
     """
-    sharding = batch_sharding(mesh)
-    ways = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+    sharding, ways = batch_sharding(mesh), batch_ways(mesh)
 
     def put(path, x):
         x = np.asarray(x)

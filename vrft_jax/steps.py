@@ -230,7 +230,9 @@ def place_batch(batch, mesh):
     prompt = {k: v for k, v in batch.items() if k in PROMPT_KEYS and v is not None}
     seq = {k: v for k, v in batch.items() if k not in PROMPT_KEYS}
     pixels = prompt.get("pixel_values")
-    split_images = pixels is not None and pixels.ndim == 3 and pixels.shape[0] % _ways(mesh) == 0
+    split_images = (
+        pixels is not None and pixels.ndim == 3 and pixels.shape[0] % sharding.batch_ways(mesh) == 0
+    )
     if split_images:
         pixels = np.asarray(pixels)  # every process holds all images: each takes its devices' part
         by_image = sharding.batch_sharding(mesh)
@@ -246,11 +248,6 @@ def place_batch(batch, mesh):
     seq = {k: v[v.shape[0] * pi // pc : v.shape[0] * (pi + 1) // pc] for k, v in seq.items()}
     placed.update(sharding.shard_batch(seq, mesh))
     return placed
-
-
-def _ways(mesh) -> int:
-    """How many ways the batch axes split a batch on `mesh`."""
-    return int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
 
 
 def make_train_state(params_state, tx, mesh, rules, seed):

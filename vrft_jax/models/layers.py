@@ -49,6 +49,14 @@ def attention(q, k, v, mask, implementation):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
 
 
+def _attention_probs(logits, keep, head_dim: int, dtype):
+    """The maths of jax.nn.dot_product_attention's "xla" path after the score dot: float32 logits
+    scaled by 1/sqrt(D), masked with a large negative number, float32 softmax, cast to dtype."""
+    logits = logits * jnp.float32(1.0 / np.sqrt(head_dim))
+    logits = jnp.where(keep, logits, jnp.float32(-0.7 * np.finfo(np.float32).max))
+    return jax.nn.softmax(logits, axis=-1).astype(dtype)
+
+
 def cached_attention(q, k, v, mask, num_kv_heads: int):
     """Softmax attention over a KV cache read in its stored layout (no transposed copy of it).
 
@@ -56,18 +64,14 @@ def cached_attention(q, k, v, mask, num_kv_heads: int):
     free reshape); mask bool [B, 1, T, S]. Every query head scores all S*K pairs and the pairs of
     the other kv heads are masked out. That costs K times the (small) score flops but reads the
     cache once; the grouped form (kv heads next to batch) made XLA transpose-copy every cache layer
-    each decode step. Same maths as jax.nn.dot_product_attention's "xla" path: float32 logits
-    scaled by 1/sqrt(D), masked with a large negative number, float32 softmax, probabilities cast
-    to v's dtype.
+    each decode step. Same maths as jax.nn.dot_product_attention's "xla" path (_attention_probs).
     """
     h, d, kh = q.shape[2], q.shape[3], num_kv_heads
     logits = jnp.einsum("bthd,bcd->bhtc", q, k, preferred_element_type=jnp.float32)
-    logits = logits * jnp.float32(1.0 / np.sqrt(d))
     pairs = k.shape[1]
     own = (jnp.arange(pairs) % kh)[None, :] == (jnp.arange(h) // (h // kh))[:, None]  # [H, S*K]
     keep = jnp.repeat(mask, kh, axis=-1) & own[None, :, None, :]  # [B, H, T, S*K]
-    logits = jnp.where(keep, logits, jnp.float32(-0.7 * np.finfo(np.float32).max))
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = _attention_probs(logits, keep, d, v.dtype)
     return jnp.einsum("bhtc,bcd->bthd", probs, v)
 
 
@@ -77,16 +81,13 @@ def grouped_attention(q, k, v, mask):
     q [B, T, H, D]; k/v [B, K, S, D]; mask bool [B, 1, T, S]. Query head h reads kv head h // G
     (G = H/K), as in jax.nn.dot_product_attention. With (batch, kv head) the leading axes of k/v,
     both dots read the cache as it lies (no transposed copy, no extra score flops). Same maths as
-    that function's "xla" path: float32 logits scaled by 1/sqrt(D), masked with a large negative
-    number, float32 softmax, probabilities cast to v's dtype.
+    that function's "xla" path (_attention_probs).
     """
     b, t, h, d = q.shape
     kh = k.shape[1]
     qg = q.reshape(b, t, kh, h // kh, d)
     logits = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    logits = logits * jnp.float32(1.0 / np.sqrt(d))
-    logits = jnp.where(mask[:, :, None], logits, jnp.float32(-0.7 * np.finfo(np.float32).max))
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = _attention_probs(logits, mask[:, :, None], d, v.dtype)
     # probs as the left operand: the result is [B, K, G, T, D], heads before features, so the
     # output projection reads it as [B, T, H*D] (jnp.einsum swapped the operands and CPU XLA then
     # transposed the [H, D, E] output kernel every step instead of this small activation).
