@@ -42,10 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vrft_jax.decoding import _step, decode, decode_step, prefill
+from vrft_jax.generation.decode_loop import _step, decode, decode_step, prefill
+from vrft_jax.generation.sampler import EOS_TOKEN_IDS, PAD_TOKEN_ID
+from vrft_jax.generation.sampling_rules import SamplingRule
 from vrft_jax.models import Qwen2VL, get_preset, random_qwen2_vl
-from vrft_jax.sampler import EOS_TOKEN_IDS, PAD_TOKEN_ID
-from vrft_jax.sampling import SamplingRule
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rollout import PRESETS, Preset  # noqa: E402  (bench/rollout.py: the shared size presets)
@@ -450,7 +450,7 @@ def analyse(preset, per_layer, rule, donate, dump, dtype=None):
 
 def time_decode(preset: str, rule: SamplingRule, per_layer: bool, repeats: int = 10):
     """Runs prefill + decode on random weights (small presets only) and prints ms/step."""
-    from vrft_jax.sampler import Sampler
+    from vrft_jax.generation.sampler import Sampler
 
     p = PRESETS[preset]
     config = get_preset("2b", **p.config).replace(scan_layers=not per_layer)

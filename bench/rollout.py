@@ -28,8 +28,8 @@ import numpy as np
 from flax import nnx
 
 from vrft_jax import hf
+from vrft_jax.generation.sampler import Sampler, SamplingRule
 from vrft_jax.models import Qwen2VL, get_preset, random_qwen2_vl
-from vrft_jax.sampler import Sampler, SamplingRule
 
 VISION_START, VISION_END, IMAGE = 151652, 151653, 151655
 

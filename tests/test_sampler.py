@@ -12,7 +12,8 @@ import pytest
 import tiny_hf
 from flax import nnx
 
-from vrft_jax import hf, sampler
+from vrft_jax import hf
+from vrft_jax.generation import sampler
 from vrft_jax.models import random_qwen2_vl
 
 BUCKETS = dict(prompt_buckets=(64,), patch_buckets=(256,), image_buckets=(4,))

@@ -8,9 +8,9 @@ import numpy as np
 import tiny_hf
 from flax import nnx
 
-from vrft_jax import sampler
+from vrft_jax.generation import sampler
+from vrft_jax.generation.sampling_rules import SamplingRule, policy_logprobs
 from vrft_jax.models import random_qwen2_vl
-from vrft_jax.sampling import SamplingRule, policy_logprobs
 
 BUCKETS = dict(prompt_buckets=(32,), patch_buckets=(64,), image_buckets=(2,))
 PROBS = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])

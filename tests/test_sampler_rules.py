@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vrft_jax.sampling import (
+from vrft_jax.generation.sampling_rules import (
     SamplingRule,
     categorical,
     policy_logprobs,

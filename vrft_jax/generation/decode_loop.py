@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from vrft_jax.generation.sampling_rules import SamplingRule
 from vrft_jax.models.qwen2_vl import init_cache
 from vrft_jax.models.rope import get_rope_index
-from vrft_jax.sampling import SamplingRule
 
 
 @struct.dataclass
