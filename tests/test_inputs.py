@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 from import_blocker import blocking_prelude
 
-from vrft_jax import inputs
+from vrft_jax import buckets, inputs
 
 MIN_PIXELS, MAX_PIXELS = 3136, 401408
 # Sizes (H, W) chosen so every image gets a different patch grid.
@@ -163,7 +163,7 @@ def test_min_max_pixels_bound_the_grid(tokenizer_dir):
 def test_padding_to_length_and_prompt_limit(processor, monkeypatch):
     example = ([random_image(*SIZES[0], seed=8)], "q")
     natural = processor.encode_batch([example])["input_ids"].shape[1]
-    bucket = inputs.pick_bucket(natural, (64, 128, 256), "prompt length")
+    bucket = buckets.bucket(natural, (64, 128, 256), "prompt length")
     assert bucket >= natural
     padded = processor.encode_batch([example], pad_to_length=bucket)
     assert padded["input_ids"].shape == (1, bucket)
@@ -171,7 +171,7 @@ def test_padding_to_length_and_prompt_limit(processor, monkeypatch):
     with pytest.raises(ValueError, match="more than the padded length"):
         processor.encode_batch([example], pad_to_length=natural - 1)
     with pytest.raises(ValueError, match="exceeds the largest bucket 8"):
-        inputs.pick_bucket(9, (4, 8), "patches")
+        buckets.bucket(9, (4, 8), "patches")
     monkeypatch.setattr(processor, "max_prompt_length", natural - 1)
     with pytest.raises(ValueError, match="max_prompt_length"):
         processor.encode_batch([example])

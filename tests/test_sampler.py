@@ -46,7 +46,7 @@ def _batch(seed, grids, text):
 
 
 def _sampler(model):
-    return sampler.get_sampler(nnx.graphdef(model), model.config, **BUCKETS)
+    return sampler.get_sampler(nnx.graphdef(model), model.config, batch_buckets=(4,), **BUCKETS)
 
 
 def test_greedy_equals_transformers_generate(models):
@@ -181,6 +181,9 @@ def test_no_recompile_across_batches_inside_buckets(models):
     graphdef, params = nnx.split(model)
     kw = dict(max_new_tokens=STEPS, num_samples=G, temperature=1.0, top_k=50, top_p=0.95)
     a = _batch(1, GRIDS, [(3, 4), (2, 2), (5, 1)])
+    assert s.prepare(*a[:4])[-1].tolist() == [True, True, True, False]  # 3 prompts -> bucket 4
+    unpadded = sampler.Sampler(graphdef, model.config, **BUCKETS)  # no batch_buckets: no dummies
+    assert unpadded.prepare(*a[:4])[-1].tolist() == [True, True, True]
     s(params, *a[:4], rng=0, **kw)
     before = s.compile_count()
     assert before >= 2  # prefill + decode compiled at least once

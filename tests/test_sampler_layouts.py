@@ -8,8 +8,9 @@ import numpy as np
 import tiny_hf
 from flax import nnx
 
+from vrft_jax import grpo
 from vrft_jax.generation import sampler
-from vrft_jax.generation.sampling_rules import SamplingRule, policy_logprobs
+from vrft_jax.generation.sampling_rules import SamplingRule
 from vrft_jax.models import random_qwen2_vl
 
 BUCKETS = dict(prompt_buckets=(32,), patch_buckets=(64,), image_buckets=(2,))
@@ -27,7 +28,7 @@ def test_plain_rule_shares_the_softmax():
     freq = np.bincount(np.asarray(tokens), minlength=len(PROBS)) / N_DRAWS
     bound = 5 * np.sqrt(PROBS * (1 - PROBS) / N_DRAWS)
     assert np.all(np.abs(freq - PROBS) <= bound), (freq, PROBS)
-    want = np.asarray(policy_logprobs(logits, tokens))
+    want = np.asarray(grpo.token_logprobs(logits, tokens))
     np.testing.assert_allclose(np.asarray(logp), want, rtol=0, atol=1e-6)
 
 

@@ -8,7 +8,6 @@ import pytest
 from vrft_jax.generation.sampling_rules import (
     SamplingRule,
     categorical,
-    policy_logprobs,
     top_k_filter,
     top_p_filter,
 )
@@ -78,11 +77,18 @@ def test_greedy_and_filters_on_rows():
     assert np.array_equal(np.asarray(top_p_filter(logits, 1.0)), np.asarray(logits))
 
 
-def test_policy_logprobs_ignore_the_rule():
-    logits = jax.random.normal(jax.random.key(0), (3, 7)) * 3
-    tokens = jnp.asarray([0, 6, 3])
-    want = np.log(np.asarray(jax.nn.softmax(logits)))[np.arange(3), np.asarray(tokens)]
-    np.testing.assert_allclose(np.asarray(policy_logprobs(logits, tokens)), want, atol=1e-6)
+def test_logprobs_ignore_the_rule():
+    """A truncating, tempered rule picks tokens its own way, but the log-probs it returns are those
+    of the raw policy: log softmax(logits) at the drawn token, with no temperature or top-k."""
+    logits = jax.random.normal(jax.random.key(0), (64, 7)) * 3
+    rule = SamplingRule(temperature=0.5, top_k=2)
+    tokens, logp = rule.next_tokens_and_logprobs(logits, jax.random.key(1))
+    raw = np.log(np.asarray(jax.nn.softmax(logits)))  # [64, 7]
+    top2 = np.argsort(-np.asarray(logits), axis=-1)[:, :2]
+    assert all(t in row for t, row in zip(np.asarray(tokens), top2))
+    want = raw[np.arange(64), np.asarray(tokens)]
+    # float32 log-softmax of logits of size ~10: a few ulps of 10
+    np.testing.assert_allclose(np.asarray(logp), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0)])

@@ -133,14 +133,6 @@ def load_image_processor(folder: str, *, min_pixels: int, max_pixels: int):
     return processor
 
 
-def pick_bucket(n: int, buckets: Sequence[int], what: str = "length") -> int:
-    """The smallest bucket >= n (fixed padded sizes bound the number of compiles)."""
-    for b in sorted(buckets):
-        if b >= n:
-            return int(b)
-    raise ValueError(f"{what} {n} exceeds the largest bucket {max(buckets)} (buckets {buckets})")
-
-
 class PromptProcessor:
     """Tokenizer + chat template + image processor for Qwen2-VL prompts (host side, numpy)."""
 

@@ -164,7 +164,7 @@ def run(config, workdir: str) -> dict:
             metrics.update(
                 step_time=elapsed,
                 tokens_per_s=tokens / max(elapsed, 1e-9),
-                compile_count=fns.compiles + sampler_compiles() + model_compile_count(),
+                compile_count=fns.compiles + sampler.compile_count() + model_compile_count(),
             )
             history.append({"step": step + 1, **metrics})
             last = metrics
@@ -260,10 +260,6 @@ def make_generate_fn(graphdef, model_config, config):
         return generate
 
     return bind
-
-
-def sampler_compiles():
-    return sum(s.compile_count() for s in sampler._SAMPLERS.values())
 
 
 # ---- GRPO step -----------------------------------------------------------------------------------

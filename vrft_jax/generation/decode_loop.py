@@ -1,7 +1,7 @@
 """The rollout sampler's two jitted programs: `prefill` and the `decode` while_loop.
 
 Pure functions of (graphdef, params, arrays); the host side (shape buckets, padding, the compiled
-programs, the public `generate`) is vrft_jax.sampler.
+programs, the public `generate`) is vrft_jax.generation.sampler.
 - `prefill`: encode each prompt's images once, run the B prompts through the decoder into a KV
   cache [L, B, P, K, D], fork it G times (jnp.repeat on the batch axis: the G copies never get
   their own prefill) and pad it to P + C columns. With per_layer_cache it is handed on as L

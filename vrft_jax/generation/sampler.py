@@ -3,9 +3,9 @@
 Flow for B prompts and G samples each (N = B*G rows; rows i*G .. i*G+G-1 belong to prompt i):
 1. Host (`Sampler.prepare`): pad to shape buckets (prompt length P, images, prompt count B) so a
    run compiles a bounded number of programs; dummy prompts are dropped from the output.
-2. `decoding.prefill` (jitted): encode each prompt's images once, prefill the B prompts into a KV
+2. `decode_loop.prefill` (jitted): encode each prompt's images once, prefill the B prompts into a KV
    cache and fork it G times (the G copies never get their own prefill).
-3. `decoding.decode` (jitted, state donated): the `lax.while_loop` that samples, records each
+3. `decode_loop.decode` (jitted, state donated): the `lax.while_loop` that samples, records each
    token's raw-policy log-prob and feeds it back through the cache until C tokens or every row
    has emitted an EOS id.
 
@@ -26,16 +26,6 @@ from vrft_jax import buckets, sharding
 from vrft_jax.generation.decode_loop import SamplingState, _step, decode, prefill
 from vrft_jax.generation.sampling_rules import SamplingRule
 
-DEFAULT_BATCH_BUCKETS = (
-    1,
-    2,
-    4,
-    8,
-    16,
-    32,
-    64,
-    128,
-)  # mirrors configs/base.py sampler.batch_buckets
 EOS_TOKEN_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 PAD_TOKEN_ID = 151643
 
@@ -62,6 +52,8 @@ class Sampler:
     Call it with the current parameters every step: `sampler(params, input_ids, ...)`; parameters
     are traced arguments, so changing them never recompiles. unroll_decode (default True) runs the
     decode over per-layer weights and cache buffers (see `decode`); False keeps the stacked ones.
+    batch_buckets: padded prompt counts (the trainer passes config.sampler.batch_buckets); None
+    pads nothing, so each distinct prompt count compiles its own programs.
     `compile_count()` counts programs compiled by this sampler (prefill and decode together).
     """
 
@@ -73,7 +65,7 @@ class Sampler:
         prompt_buckets=buckets.DEFAULT_PROMPT_BUCKETS,
         patch_buckets=buckets.DEFAULT_PATCH_BUCKETS,
         image_buckets=buckets.DEFAULT_IMAGE_BUCKETS,
-        batch_buckets=DEFAULT_BATCH_BUCKETS,
+        batch_buckets=None,
         cache_dtype=None,
         unroll_decode=True,
     ):
@@ -82,7 +74,7 @@ class Sampler:
         self.prompt_buckets = tuple(prompt_buckets)
         self.patch_buckets = tuple(patch_buckets)
         self.image_buckets = tuple(image_buckets)
-        self.batch_buckets = tuple(batch_buckets)
+        self.batch_buckets = tuple(batch_buckets) if batch_buckets else None
         # The cache is kept in the compute dtype (bf16 for real runs); a float32 model keeps a
         # float32 cache so its decode matches its full forward exactly.
         self.cache_dtype = jnp.dtype(cache_dtype or config.jnp_compute_dtype)
@@ -164,7 +156,7 @@ class Sampler:
         ids, mask = buckets.pad_left(
             ids, mask, buckets.length_bucket(seq, self.prompt_buckets), pad_token_id
         )
-        nb = buckets.bucket(bsz, self.batch_buckets, "prompt count")
+        nb = buckets.bucket(bsz, self.batch_buckets or (bsz,), "prompt count")
         ids = np.concatenate([ids, np.full((nb - bsz, ids.shape[1]), pad_token_id, ids.dtype)])
         dummy_mask = np.zeros((nb - bsz, mask.shape[1]), mask.dtype)
         dummy_mask[:, -1] = 1
@@ -335,25 +327,14 @@ def generate_with_state(
 
 
 def generate(
-    model,
-    input_ids,
-    attention_mask,
-    pixel_values=None,
-    image_grid_thw=None,
-    *,
-    max_new_tokens,
-    num_samples=1,
-    temperature=0.0,
-    top_k=0,
-    top_p=1.0,
-    eos_token_ids=EOS_TOKEN_IDS,
-    pad_token_id=PAD_TOKEN_ID,
-    rng=None,
+    model, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, **sampling
 ) -> SampleOutput:
     """Samples num_samples completions per prompt from a Qwen2VL (hf.load_qwen2_vl's result).
 
     input_ids / attention_mask [B, T] (left-padded), pixel_values [S, 1176] and image_grid_thw
-    [I, 3] as the processor returns them for the B prompts. temperature 0 is greedy.
+    [I, 3] as the processor returns them for the B prompts. `sampling` are Sampler.__call__'s
+    keywords: max_new_tokens (required), num_samples=1, temperature=0.0 (greedy), top_k=0,
+    top_p=1.0, eos_token_ids, pad_token_id, rng.
     Returns SampleOutput with tokens int32 [N, C], mask bool [N, C], logprobs float32 [N, C],
     N = B * num_samples, C = max_new_tokens, rows i*G .. i*G+G-1 from prompt i.
     """
@@ -372,12 +353,5 @@ def generate(
         pixel_values,
         image_grid_thw,
         sampler_options=opts,
-        max_new_tokens=max_new_tokens,
-        num_samples=num_samples,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_token_ids=eos_token_ids,
-        pad_token_id=pad_token_id,
-        rng=rng,
+        **sampling,
     )

@@ -1,7 +1,8 @@
 """Next-token sampling rules: greedy, temperature, top-k, top-p (nucleus), with an explicit RNG.
 
 The rules change only how the next token is *chosen*. The log-prob the GRPO ratio needs is always
-that of the unmodified policy (temperature 1, no truncation): `policy_logprobs` below.
+that of the unmodified policy (temperature 1, no truncation), as `grpo.token_logprobs` computes it
+in the training step: `SamplingRule.next_tokens_and_logprobs` returns those for the drawn tokens.
 
 `SamplingRule` is a small frozen (hashable) object, so the jitted decode loop takes it as a static
 argument: one compiled program per distinct rule, none per call. Order of the transforms follows
@@ -75,12 +76,6 @@ def categorical_weights(rng, weights, block: int = 128):
     return (b * block + j).astype(jnp.int32)
 
 
-def policy_logprobs(logits, tokens):
-    """log p(token) under the raw policy: log_softmax(logits [..., V]) at tokens [...], float32."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
 @dataclasses.dataclass(frozen=True)
 class SamplingRule:
     """How the next token is picked from float32 logits [N, V].
@@ -125,8 +120,8 @@ class SamplingRule:
     def next_tokens_and_logprobs(self, logits, rng):
         """(tokens int32 [N], raw-policy log-probs float32 [N]) from logits [N, V].
 
-        The tokens are get_next_tokens's and the log-probs policy_logprobs's (same arithmetic as
-        log_softmax), but one exp(logits - max) pass serves both when the rule is plain: the
+        The tokens are get_next_tokens's and the log-probs grpo.token_logprobs's (same arithmetic
+        as log_softmax), but one exp(logits - max) pass serves both when the rule is plain: the
         draw uses those unnormalised weights (no normalised [N, V] copy, no second softmax).
         """
         lf = logits.astype(jnp.float32)
