@@ -10,7 +10,7 @@ from coco_fixture import HEIGHT, WIDTH, make_coco, make_lvis
 from PIL import Image
 
 from configs import base
-from vrft_jax.data import DataError, make_source
+from vrft_jax.data import DataError, Pipeline, make_source
 from vrft_jax.data.coco import CocoDetection
 from vrft_jax.data.example import k_shot, to_thousandths
 from vrft_jax.data.image_folder import ImageFolder
@@ -207,6 +207,27 @@ def test_lisa_polygon_to_box(tmp_path):
     assert "instruction: the seat" in e.problem
     parsed = parsing.parse_grounding_answer(parsing.solution_answer(e.solution))
     assert parsed.valid and parsed.boxes[0].tolist() == [100, 100, 500, 900]
+
+
+def test_lisa_unreadable_image_is_a_bad_image_not_a_zero_box(tmp_path):
+    """An image whose size cannot be read has no 0..1000 box: the pipeline counts it as a bad
+    image (max_bad_fraction) instead of training on (0, 0, 0, 0)."""
+    record = {"text": ["the seat"], "shapes": [{"label": "t", "points": [[0, 0], [8, 8]]}]}
+    for name in ("good", "corrupt"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    Image.new("RGB", (16, 16)).save(tmp_path / "good.jpg")
+    (tmp_path / "corrupt.jpg").write_bytes(b"not a jpeg")
+    src = LisaGrounding(str(tmp_path))
+    bad = src[0]  # corrupt.json sorts first
+    assert bad.image_path.endswith("corrupt.jpg") and bad.boxes == ()
+    with pytest.raises(OSError, match="corrupt.jpg: cannot read its size"):
+        load_image(bad)
+    pipeline = Pipeline(src, batch_size=1, num_workers=1, max_bad_fraction=0.5)
+    seen = [e for batch in pipeline for e in batch]
+    assert [e.example_id for e in seen] == ["good.json#0"] and seen[0].boxes == ((0, 0, 500, 500),)
+    assert list(pipeline.bad_images.bad) == [str(tmp_path / "corrupt.jpg")]
+    with pytest.raises(DataError, match="max_bad_fraction=0.4"):
+        list(Pipeline(src, batch_size=1, num_workers=1, max_bad_fraction=0.4))
 
 
 def test_synthetic_deterministic_split_disjoint_and_parsable():

@@ -6,6 +6,7 @@ gen_box_ann.py does, the box is the min/max of the first polygon; gen_sft.py's o
 instruction sentence is kept.
 """
 
+import functools
 import glob
 import json
 import os
@@ -47,25 +48,35 @@ class LisaGrounding:
         file, k, instruction = self.items[index]
         pixel_box, record = self._meta[file]
         path = os.path.splitext(file)[0] + ".jpg"
-        size = None
-        if "imageWidth" in record and "imageHeight" in record:
-            size = (int(record["imageWidth"]), int(record["imageHeight"]))
-        else:
-            try:  # reads the header only; a missing file is reported by the pipeline
-                with Image.open(path) as im:
-                    size = im.size
-            except OSError:
-                pass
-        box = to_thousandths(pixel_box, *size) if size else (0, 0, 0, 0)
-        return Example(
-            image=path,
+        common = dict(
             problem=templates.grounding_problem(instruction),
             task="grounding",
-            solution=grounding_solution(box),
             example_id=f"{os.path.basename(file)}#{k}",
             image_id=os.path.basename(path),
             image_path=path,
+        )
+        if "imageWidth" in record and "imageHeight" in record:
+            size = (int(record["imageWidth"]), int(record["imageHeight"]))
+        else:
+            try:  # reads the header only
+                with Image.open(path) as im:
+                    size = im.size
+            except OSError as e:
+                # No size, no 0..1000 box: loading this example raises, so the pipeline counts
+                # it as a bad image (config.data.max_bad_fraction) like every other source's.
+                reason = f"cannot read its size for the ground-truth box ({e})"
+                bad = functools.partial(_raise_bad_image, path, reason)
+                return Example(image=bad, solution="", **common)
+        box = to_thousandths(pixel_box, *size)
+        return Example(
+            image=path,
+            solution=grounding_solution(box),
             image_size=size,
             boxes=(box,),
             pixel_boxes=(pixel_box,),
+            **common,
         )
+
+
+def _raise_bad_image(path: str, reason: str):
+    raise OSError(f"{path}: {reason}")
