@@ -107,6 +107,24 @@ def test_detection_json_and_python_literal_agree():
     assert iou == [0.5, 1.0]
 
 
+def test_detection_doubled_brackets_read_as_in_the_reference():
+    """The reference replaces `[[` by `[` and `]]` by `]` before parsing, so these shapes earn
+    credit there; GT = A, B, rewards worked out by hand."""
+    solution = det_solution(A, B)
+    wrapped_list = "[" + det_answer((A, 0.9)) + "]"  # [[{...}]]
+    wrapped_boxes = det_answer(([A], 0.9), ([B], 0.8))  # 'Position': [[x1, y1, x2, y2]]
+    both_cut_off = "[[{'Position': [[100, 100, 200, 200]], 'Confidence': 0.9}, {'Position': [[3"
+    two_boxes_in_one = (
+        "[{'Position': [[100, 100, 200, 200], [300, 300, 400, 400]], 'Confidence': 1}]"
+    )
+    iou, conf = detect([wrapped_list, wrapped_boxes, both_cut_off, two_boxes_in_one], solution)
+    # A found, B missed: IoU 1 / max(1, 2); confidence 0.9 (matched). Both found: IoU 2 / 2,
+    # confidence (0.9 + 0.8) / 2. Cut off after the first entry: as the first. Two boxes in one
+    # Position is not a box: unreadable (0 in the reference too).
+    np.testing.assert_allclose(iou, [0.5, 1.0, 0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(conf, [0.9, 0.85, 0.9, 0.0], atol=1e-6)
+
+
 def test_detection_iou_threshold_is_strict():
     half = det_answer(([100, 100, 200, 150], 0.8))  # IoU exactly 0.5 with A
     iou, conf = detect([half], det_solution(A))
@@ -360,3 +378,18 @@ def test_padding_caps_boxes_by_confidence():
     assert batch.pred_boxes[0].tolist() == [B, FAR, [0, 0, 10, 10]]
     assert batch.pred_mask.tolist()[0] == [True] * 3 and not batch.pred_mask[1:].any()
     assert batch.valid.tolist() == [True] + [False] * 7  # padding rows are invalid
+
+
+def test_score_without_options_uses_the_base_config():
+    """options=None reads configs/base.py's `reward` block (no second copy of the defaults)."""
+    from configs.base import get_config
+
+    comps = [completion(det_answer((A, 0.9))), completion("daisy")]
+    sols = [det_solution(A, B), "<answer>daisy</answer>"]
+    specs = (("detection_iou", 1.0), ("classification", 1.0))
+    total, per = rewards.score(comps, sols, specs)
+    want_total, want_per = rewards.score(comps, sols, specs, get_config().reward)
+    assert total.tolist() == want_total.tolist()
+    assert per["detection_iou"].tolist() == [0.5, 0.0]  # 1 of max(1, 2) boxes, IoU 1
+    assert per["classification"].tolist() == [0.0, 1.0]
+    assert dict(rewards.registry.default_options()) == dict(get_config().reward)

@@ -111,6 +111,14 @@ def _load(text: str):
     return None
 
 
+def _collapse_double_brackets(text: str) -> str:
+    """`[[` -> `[` and `]]` -> `]`, as the reference does before parsing: a doubly wrapped list
+    `[[{...}]]` and a doubly wrapped box `'Position': [[x1, y1, x2, y2]]` then read as usual. An
+    answer that read without it reads the same: only a string value (never scored) could hold
+    `[[` or `]]`."""
+    return text.replace("[[", "[").replace("]]", "]")
+
+
 def _load_with_repair(text: str):
     """Load a list; a truncated one (not ending in `]`) is cut after its last complete entry."""
     loaded = _load(text)
@@ -156,11 +164,12 @@ def parse_detection_answer(answer, *, is_solution: bool = False) -> ParsedBoxes:
     """Parse a detection answer (the text inside `<answer>`) into boxes and confidences.
 
     Accepted: a list of `{'Position': [x1, y1, x2, y2], 'Confidence': c}` in JSON or Python-literal
-    syntax (a lone dict or a tuple also counts), `[]` or "No Objects" (empty, valid). A list that is
-    cut off (does not end in `]`) is repaired at its last complete entry. Any entry that is not such
-    a dict, or has a non-numeric / non-finite coordinate or confidence, makes the whole answer
-    invalid. Exact duplicate boxes are dropped, first kept (predictions only). Solutions need no
-    confidence (their confidences are unused).
+    syntax (a lone dict or a tuple also counts), `[]` or "No Objects" (empty, valid). Doubled
+    brackets (`[[{...}]]`, `'Position': [[x1, y1, x2, y2]]`) read as single ones, as in the
+    reference. A list that is cut off (does not end in `]`) is repaired at its last complete
+    entry. Any entry that is not such a dict, or has a non-numeric / non-finite coordinate or
+    confidence, makes the whole answer invalid. Exact duplicate boxes are dropped, first kept
+    (predictions only). Solutions need no confidence (their confidences are unused).
     """
     if not isinstance(answer, str):
         return INVALID
@@ -169,7 +178,7 @@ def parse_detection_answer(answer, *, is_solution: bool = False) -> ParsedBoxes:
         return EMPTY
     if len(text) > MAX_ANSWER_CHARS:
         return INVALID
-    loaded = _load_with_repair(text)
+    loaded = _load_with_repair(_collapse_double_brackets(text))
     if isinstance(loaded, dict):
         loaded = [loaded]
     if not isinstance(loaded, list | tuple):

@@ -19,34 +19,40 @@ REWARD_NAMES = (
     "detection_confidence",
     "grounding_iou",
 )
-DEFAULT_OPTIONS = {
-    "iou_threshold": 0.5,
-    "iou_denominator": "max",
-    "classification_match": "exact",
-    "grounding": "iou",
-}
 
 
-def _option(options, key):
-    """options[key] from a dict or ConfigDict; the default above when options is None."""
-    return DEFAULT_OPTIONS[key] if options is None else options[key]
+def default_options():
+    """configs/base.py's `reward` block: the options `score` uses when given none.
+
+    Read from the config (the one place defaults live), so it needs the repository's configs/ on
+    sys.path and ml_collections; library users without them pass `options` themselves.
+    """
+    try:
+        from configs.base import get_config
+    except ImportError as e:
+        raise ImportError(
+            "rewards.score without options reads configs/base.py's `reward` block, which did not "
+            f"import ({e}); pass options (e.g. config.reward, or a dict with iou_threshold, "
+            "iou_denominator, classification_match, grounding)"
+        ) from e
+    return get_config().reward
 
 
 def _compute(name, completions, solutions, options, cache):
     if name == "format":
         return scores.format_reward(completions)
     if name == "classification":
-        match = _option(options, "classification_match")
+        match = options["classification_match"]
         return scores.classification_reward(completions, solutions, match=match)
     if name == "grounding_iou":
-        mode = _option(options, "grounding")
+        mode = options["grounding"]
         return scores.grounding_iou_reward(completions, solutions, mode=mode)
     if "detection" not in cache:  # IoU and confidence share one parse and one matching
         cache["detection"] = scores.detection_rewards(
             completions,
             solutions,
-            iou_threshold=_option(options, "iou_threshold"),
-            denominator=_option(options, "iou_denominator"),
+            iou_threshold=options["iou_threshold"],
+            denominator=options["iou_denominator"],
         )
     return cache["detection"][0 if name == "detection_iou" else 1]
 
@@ -73,10 +79,13 @@ def validate_specs(reward_specs):
 def score(completions, solutions, reward_specs, options=None):
     """Score N completions: (total float32 [N], {name: float32 [N]} per reward, unweighted).
 
-    reward_specs: (name, weight) pairs, e.g. config.rewards. options: config.reward (or a dict with
-    the keys of DEFAULT_OPTIONS; None = those defaults).
+    reward_specs: (name, weight) pairs, e.g. config.rewards. options: config.reward, or a dict
+    with the keys the listed rewards read (iou_threshold, iou_denominator, classification_match,
+    grounding); None = configs/base.py's (`default_options`).
     """
     specs = validate_specs(reward_specs)
+    if options is None:
+        options = default_options()
     completions, solutions = list(completions), list(solutions)
     if len(completions) != len(solutions):
         raise ValueError(f"{len(completions)} completions but {len(solutions)} solutions")
