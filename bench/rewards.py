@@ -71,9 +71,13 @@ def main():
     print(f"padded arrays:  pred {batch.pred_boxes.shape}, gt {batch.gt_boxes.shape}")
 
     device_batch = jax.device_put(tuple(batch))
+    from configs.base import get_config  # the default reward options (needs ml_collections)
+
+    reward = get_config().reward
+    options = dict(iou_threshold=reward.iou_threshold, denominator=reward.iou_denominator)
 
     def kernel():
-        return jax.block_until_ready(kernels.detection_scores_jit(*device_batch))
+        return jax.block_until_ready(kernels.detection_scores_jit(*device_batch, **options))
 
     start = time.perf_counter()
     kernel()

@@ -35,8 +35,10 @@ def det_solution(*boxes) -> str:
 
 
 def detect(answers, solution, **kwargs):
-    """(IoU, confidence) rewards of several answers against one solution, as plain floats."""
+    """(IoU, confidence) rewards of several answers against one solution, as plain floats; the
+    reference's matching (IoU > 0.5, / max(n, m)) unless kwargs say otherwise."""
     completions = [a if a.startswith("<think>") else completion(a) for a in answers]
+    kwargs = {"iou_threshold": 0.5, "denominator": "max", **kwargs}
     iou, conf = rewards.detection_rewards(completions, [solution] * len(answers), **kwargs)
     assert iou.dtype == np.float32 and conf.dtype == np.float32
     return iou.tolist(), conf.tolist()
@@ -247,8 +249,8 @@ def test_detection_without_answer_tag_or_bad_solution_scores_zero():
 def test_public_detection_functions_and_json_solution():
     solution = "<answer>" + json.dumps([{"Position": A, "Confidence": 1}]) + "</answer>"
     comps = [completion(det_answer((A, 0.6))), completion(det_answer((FAR, 0.6)))]
-    iou = rewards.detection_iou_reward(comps, [solution] * 2)
-    conf = rewards.detection_confidence_reward(comps, [solution] * 2)
+    iou = rewards.detection_iou_reward(comps, [solution] * 2, iou_threshold=0.5, denominator="max")
+    conf = rewards.detection_confidence_reward(comps, [solution] * 2, iou_threshold=0.5)
     assert iou.tolist() == [1.0, 0.0] and conf.tolist() == pytest.approx([0.6, 0.4])
 
 
@@ -267,7 +269,7 @@ def test_classification_exact_and_contains():
         "\nJapanese\nChin\n": (1.0, 1.0),  # reference: multi-line answer missed
     }
     comps = [completion(a) for a in answers]
-    exact = rewards.classification_reward(comps, [solution] * len(comps))
+    exact = rewards.classification_reward(comps, [solution] * len(comps), match="exact")
     contains = rewards.classification_reward(comps, [solution] * len(comps), match="contains")
     assert exact.dtype == np.float32
     assert exact.tolist() == [v[0] for v in answers.values()]
@@ -280,7 +282,8 @@ def test_reference_bug_label_in_think_without_answer():
     comps = ["<think>maybe daisy</think> daisy", "<think>maybe daisy</think><answer>daisy"]
     for match in ("exact", "contains"):
         assert rewards.classification_reward(comps, ["daisy"] * 2, match=match).tolist() == [0, 0]
-    assert rewards.classification_reward([completion("Daisy")], ["daisy"]).tolist() == [1.0]
+    daisy = rewards.classification_reward([completion("Daisy")], ["daisy"], match="exact")
+    assert daisy.tolist() == [1.0]
 
 
 # ---- grounding ---------------------------------------------------------------------------------
@@ -298,7 +301,7 @@ def test_grounding_iou_and_giou():
     ]
     comps = [completion(a) for a in answers] + ["(0,0),(100,100)"]  # last: no answer tag
     n = len(comps)
-    iou = rewards.grounding_iou_reward(comps, [solution] * n)
+    iou = rewards.grounding_iou_reward(comps, [solution] * n, mode="iou")
     giou = rewards.grounding_iou_reward(comps, [solution] * n, mode="giou_plus_one")
     np.testing.assert_allclose(iou, [1.0, 0.5, 0.0, 0.505, 0.5, 0.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(giou, [2.0, 1.5, 2 / 3, 1.505, 1.5, 0.0, 0.0], atol=1e-6)
@@ -307,7 +310,7 @@ def test_grounding_iou_and_giou():
 def test_grounding_clips_and_handles_degenerate_boxes():
     solution = "<answer>[0, 0, 1000, 1000]</answer>"
     comps = [completion("(-10,-10),(5000,5000)"), completion("(10,10),(10,10)")]
-    iou = rewards.grounding_iou_reward(comps, [solution] * 2)
+    iou = rewards.grounding_iou_reward(comps, [solution] * 2, mode="iou")
     giou = rewards.grounding_iou_reward(comps, [solution] * 2, mode="giou_plus_one")
     assert iou.tolist() == [1.0, 0.0]
     assert giou.tolist() == [2.0, 1.0]  # empty box inside the GT: IoU 0, enclosing = union

@@ -106,12 +106,14 @@ def test_rewards_never_raise_and_stay_in_range(batch):
     for match in ("exact", "contains"):
         check(rewards.classification_reward(comps, sols, match=match))
     for denominator in ("max", "predictions"):
-        iou, conf = rewards.detection_rewards(comps, sols, denominator=denominator)
+        iou, conf = rewards.detection_rewards(
+            comps, sols, iou_threshold=0.5, denominator=denominator
+        )
         check(iou)
         check(conf)
-    check(rewards.detection_iou_reward(comps, sols))
+    check(rewards.detection_iou_reward(comps, sols, iou_threshold=0.5, denominator="max"))
     check(rewards.detection_confidence_reward(comps, sols, iou_threshold=0.0))
-    check(rewards.grounding_iou_reward(comps, sols))
+    check(rewards.grounding_iou_reward(comps, sols, mode="iou"))
     check(rewards.grounding_iou_reward(comps, sols, mode="giou_plus_one"), high=2.0)
 
 

@@ -117,14 +117,15 @@ def test_kernels_are_finite_on_nonfinite_inputs():
     boxes = np.array([[[0, 0, 10, 10], [np.nan, 0, np.inf, 5]]], np.float32)
     conf = np.array([[np.nan, 2.0]], np.float32)
     mask = np.ones((1, 2), bool)
+    kw = dict(iou_threshold=THRESHOLD, denominator="max")
     iou, conf_r = kernels.detection_scores_jit(
-        boxes, conf, mask, boxes[:, :1], mask[:, :1], np.ones((1,), bool)
+        boxes, conf, mask, boxes[:, :1], mask[:, :1], np.ones((1,), bool), **kw
     )
     assert np.isfinite(iou).all() and np.isfinite(conf_r).all()
     assert 0 <= float(iou[0]) <= 1 and 0 <= float(conf_r[0]) <= 1
     # No ground-truth column at all (M = 0) still works.
     empty = np.zeros((1, 0, 4), np.float32)
     iou, conf_r = kernels.detection_scores_jit(
-        boxes, conf, mask, empty, np.zeros((1, 0), bool), np.ones((1,), bool)
+        boxes, conf, mask, empty, np.zeros((1, 0), bool), np.ones((1,), bool), **kw
     )
     assert float(iou[0]) == 0.0

@@ -194,7 +194,10 @@ plt.show()
 shifts = list(range(0, 161, 10))
 drifted = [detection_answer([shifted(b, d) for b in gt], [0.9] * len(gt)) for d in shifts]
 iou_r, conf_r = rewards.detection_rewards(
-    drifted, [example.solution] * len(shifts), iou_threshold=IOU_THRESHOLD
+    drifted,
+    [example.solution] * len(shifts),
+    iou_threshold=IOU_THRESHOLD,
+    denominator=IOU_DENOMINATOR,
 )
 plt.figure(figsize=(5, 3))
 plt.plot(shifts, iou_r, "o-", label="detection_iou")

@@ -1,5 +1,6 @@
 """Verifiable rewards: host parsing (`parsing`), jnp kernels (`kernels`), public rewards and the
-config registry. See `scores` for the semantics and how they differ from the reference."""
+config registry. See `scores` for the semantics and docs/REWARDS.md for every difference from the
+reference."""
 
 from vrft_jax.rewards.kernels import (
     box_giou,

@@ -94,13 +94,14 @@ def detection_scores(
     gt_mask,
     valid,
     *,
-    iou_threshold=0.5,
-    denominator="max",
+    iou_threshold,
+    denominator,
 ):
     """IoU and confidence rewards of N detection answers -> (iou_reward [N], conf_reward [N]).
 
     pred_boxes [N, P, 4], pred_conf [N, P] (in [0, 1]), pred_mask [N, P], gt_boxes [N, M, 4],
     gt_mask [N, M], valid [N] (False: unreadable answer or solution -> both rewards 0).
+    iou_threshold and denominator: config.reward.iou_threshold and .iou_denominator.
     With n predictions and m ground-truth boxes:
       IoU reward = sum of matched IoUs / max(n, m) (denominator="max", the reference code: missed
         objects lower it) or / n (denominator="predictions", the paper's Eq. 6).
@@ -130,7 +131,7 @@ def detection_scores(
     return _finish(iou_reward, valid, 1.0), _finish(conf_reward, valid, 1.0)
 
 
-def grounding_scores(pred_box, gt_box, valid, *, mode="iou"):
+def grounding_scores(pred_box, gt_box, valid, *, mode):
     """Grounding reward of N single-box answers: pred_box [N, 4], gt_box [N, 4], valid [N] -> [N].
 
     mode="iou": IoU in [0, 1] (paper metric). mode="giou_plus_one": GIoU + 1 in [0, 2] (the

@@ -1,5 +1,8 @@
 """The public rewards: lists of N strings in, float32 numpy [N] out.
 
+Their options (match, iou_threshold, denominator, mode) are required: the trainer passes the
+config's `reward` block (registry.score); configs/base.py holds the defaults.
+
 Completions are the decoded model outputs; solutions are the dataset's solution strings, e.g.
 `<answer>[{'Position': [64, 0, 950, 411], 'Confidence': 1}]</answer>`, `<answer>daisy</answer>`,
 `<answer>(120,40),(560,610)</answer>`. No reward ever raises on model text or returns NaN.
@@ -20,7 +23,7 @@ def format_reward(completions) -> np.ndarray:
     return np.asarray([float(parsing.has_format(c)) for c in completions], np.float32)
 
 
-def classification_reward(completions, solutions, *, match="exact") -> np.ndarray:
+def classification_reward(completions, solutions, *, match) -> np.ndarray:
     """1 if the answer names the label, else 0. float32 [N].
 
     Both sides are normalised (lowercase, trimmed, whitespace, `_` and `-` dropped).
@@ -46,7 +49,7 @@ def classification_reward(completions, solutions, *, match="exact") -> np.ndarra
     return np.asarray(rewards, np.float32)
 
 
-def detection_rewards(completions, solutions, *, iou_threshold=0.5, denominator="max"):
+def detection_rewards(completions, solutions, *, iou_threshold, denominator):
     """Both detection rewards from one parse and one matching: (iou [N], confidence [N]) float32.
 
     See `kernels.detection_scores` for the formulas and `parsing.parse_detection_answer` for what
@@ -63,7 +66,7 @@ def detection_rewards(completions, solutions, *, iou_threshold=0.5, denominator=
     return np.asarray(iou, np.float32)[:n], np.asarray(conf, np.float32)[:n]
 
 
-def detection_iou_reward(completions, solutions, *, iou_threshold=0.5, denominator="max"):
+def detection_iou_reward(completions, solutions, *, iou_threshold, denominator):
     """Sum of matched IoUs / max(#predictions, #ground truth) (denominator="max", reference code)
     or / #predictions (denominator="predictions", the paper). Greedy matching by confidence, a
     match needs IoU > iou_threshold. `[]` / "No Objects" scores 1 when there is no ground truth.
@@ -73,15 +76,19 @@ def detection_iou_reward(completions, solutions, *, iou_threshold=0.5, denominat
     )[0]
 
 
-def detection_confidence_reward(completions, solutions, *, iou_threshold=0.5):
+def detection_confidence_reward(completions, solutions, *, iou_threshold):
     """Mean over predictions of c if matched (IoU > iou_threshold) else 1 - c; confidences are
     clipped to [0, 1] and a NaN/Infinity confidence makes the answer invalid (0) instead of a NaN
     reward (reference bug). `[]` / "No Objects" scores 1 when there is no ground truth.
     float32 [N] in [0, 1]."""
-    return detection_rewards(completions, solutions, iou_threshold=iou_threshold)[1]
+    # The confidence reward does not depend on the IoU reward's denominator.
+    any_denominator = kernels.DENOMINATORS[0]
+    return detection_rewards(
+        completions, solutions, iou_threshold=iou_threshold, denominator=any_denominator
+    )[1]
 
 
-def grounding_iou_reward(completions, solutions, *, mode="iou"):
+def grounding_iou_reward(completions, solutions, *, mode):
     """IoU of the answer's first box with the solution box (mode="iou", [0, 1]), or GIoU + 1
     (mode="giou_plus_one", the reference LISA reward, [0, 2]). Boxes are `(x1,y1),(x2,y2)` or
     `[x1, y1, x2, y2]` in 0..1000. float32 [N]."""
