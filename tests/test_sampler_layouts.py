@@ -55,7 +55,11 @@ def test_per_layer_decode_equals_stacked_decode():
         a = stacked(params, ids, mask, pv, grid, temperature=temperature, **kw)
         b = unrolled(params, ids, mask, pv, grid, temperature=temperature, **kw)
         np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
-        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+        # Scanned vs unrolled layers reorder float32 sums: log-probs agree to a few tens of ulps
+        # of their own size (|log p| up to ~4 here), so the bound is relative.
+        np.testing.assert_allclose(
+            np.asarray(a.logprobs), np.asarray(b.logprobs), rtol=1e-5, atol=1e-6
+        )
         assert np.asarray(a.mask).all() and a.steps == b.steps == 5
 
 
@@ -82,4 +86,7 @@ def test_rows_split_over_the_mesh_match_one_device():
     assert cache.shape[0] == 8 and {s.data.shape[0] for s in cache.addressable_shards} == {1}
     got = split(params, ids, mask, pv, grid, **kw)
     np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
-    np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(want.logprobs), atol=1e-5)
+    # Sharded matmuls reorder float32 sums: agreement relative to the log-prob's size.
+    np.testing.assert_allclose(
+        np.asarray(got.logprobs), np.asarray(want.logprobs), rtol=1e-5, atol=1e-6
+    )
