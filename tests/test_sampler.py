@@ -194,3 +194,15 @@ def test_no_recompile_across_batches_inside_buckets(models):
     out = s(params2, *b[:4], rng=1, **kw)
     assert out.tokens.shape == (4 * G, STEPS)
     assert s.compile_count() == before
+
+
+def test_prepare_checks_image_tokens_against_the_images(models):
+    """Host padding refuses prompts whose <|image_pad|> tokens do not match the given images."""
+    model, _ = models
+    ids, mask, pv, grid, per_prompt = _batch(2, GRIDS, [(3, 4), (2, 2), (5, 1)])
+    s = _sampler(model)
+    assert s.prepare(ids, mask, pv, grid)[2] is not None
+    with pytest.raises(ValueError, match="no pixel_values"):
+        s.prepare(ids, mask)
+    with pytest.raises(ValueError, match="image_grid_thw gives"):
+        s.prepare(ids, mask, *per_prompt[0])  # the first prompt's images for all three prompts

@@ -89,6 +89,27 @@ def pad_images(
     return out, grid_b
 
 
+def pad_prompt_images(
+    ids, mask, pixel_values, image_grid_thw, config, patch_buckets, image_buckets
+):
+    """`pad_images` for prompts ids / mask [B, T], checked against them: the real <|image_pad|>
+    tokens must number the images' merged patches -> (pixel_values, grid) numpy, (None, None)
+    without images. config: the model config (image_token_id, merge_unit)."""
+    n_img_tokens = int(((ids == config.image_token_id) & (mask > 0)).sum())
+    if pixel_values is None:
+        if n_img_tokens:
+            raise ValueError(f"{n_img_tokens} <|image_pad|> tokens but no pixel_values given")
+        return None, None
+    pv, grid = pad_images(pixel_values, image_grid_thw, patch_buckets, image_buckets)
+    expected = int(np.prod(grid, axis=1).sum()) // config.merge_unit
+    if n_img_tokens != expected:
+        raise ValueError(
+            f"{n_img_tokens} <|image_pad|> tokens but image_grid_thw gives {expected} image "
+            "features"
+        )
+    return pv, grid
+
+
 # ---- Trace counter: a jitted function calls note_trace(name) in its body (runs once per compile)
 # ----
 

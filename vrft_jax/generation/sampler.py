@@ -162,21 +162,11 @@ class Sampler:
         dummy_mask[:, -1] = 1
         mask = np.concatenate([mask, dummy_mask])
         real_rows = np.arange(nb) < bsz
-        n_img_tokens = int(((ids == c.image_token_id) & (mask > 0)).sum())
-        pv = grid = None
-        if pixel_values is not None:
-            pv, grid = buckets.pad_images(
-                pixel_values, image_grid_thw, self.patch_buckets, self.image_buckets
-            )
-            expected = int(np.prod(grid, axis=1).sum()) // c.merge_unit
-            if n_img_tokens != expected:
-                raise ValueError(
-                    f"sampler: {n_img_tokens} <|image_pad|> tokens but image_grid_thw "
-                    f"gives {expected} image features"
-                )
+        pv, grid = buckets.pad_prompt_images(
+            ids, mask, pixel_values, image_grid_thw, c, self.patch_buckets, self.image_buckets
+        )
+        if pv is not None:
             pv, grid = jnp.asarray(pv, jnp.float32), jnp.asarray(grid)
-        elif n_img_tokens:
-            raise ValueError(f"sampler: {n_img_tokens} <|image_pad|> tokens but no pixel_values")
         return jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), pv, grid, real_rows
 
     def start(
