@@ -89,21 +89,11 @@ class Qwen2VL(nnx.Module):
         seq = ids.shape[1]
         length = buckets.length_bucket(seq, self.prompt_buckets)
         ids, mask = buckets.pad_left(ids, attention_mask, length, c.pad_token_id)
-        pv = grid = None
-        n_img_tokens = int(((ids == c.image_token_id) & (mask > 0)).sum())
-        if pixel_values is not None:
-            pv, grid = buckets.pad_images(
-                pixel_values, image_grid_thw, self.patch_buckets, self.image_buckets
-            )
-            expected = int(np.prod(grid, axis=1).sum()) // c.merge_unit
-            if n_img_tokens != expected:
-                raise ValueError(
-                    f"{n_img_tokens} <|image_pad|> tokens but image_grid_thw gives {expected} "
-                    "image features"
-                )
+        pv, grid = buckets.pad_prompt_images(
+            ids, mask, pixel_values, image_grid_thw, c, self.patch_buckets, self.image_buckets
+        )
+        if pv is not None:
             pv = jnp.asarray(pv, jnp.float32)
-        elif n_img_tokens:
-            raise ValueError(f"{n_img_tokens} <|image_pad|> tokens but no pixel_values given")
         graphdef, state = nnx.split(self)
         logits = _forward_jit(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), pv, grid)
         return logits[:, length - seq :]
