@@ -130,16 +130,25 @@ def check_image(example: Example, where: str) -> str | None:
 # ---- A whole source ------------------------------------------------------------------------------
 
 
-def check_source(source, *, name: str, num_threads: int) -> list[tuple[str, str]]:
-    """(row key, problem) for every bad row of `source`, in row order; a progress bar per source."""
+def check_source(
+    source, *, name: str, num_threads: int, known: dict | None = None
+) -> list[tuple[str, str]]:
+    """(row key, problem) for every bad row of `source`, in row order; a progress bar per source.
+
+    known: row key -> problem (None = good) of rows already checked in this pass (the eval rows are
+    often the train rows); filled with this source's results.
+    """
     n = len(source)
+    known = {} if known is None else known
 
     def check_chunk(start):
         out = []
         for i in range(start, min(start + CHUNK, n)):
-            problem = check_row(source, i)
+            key = row_key(source, i)
+            problem = known[key] if key in known else check_row(source, i)
+            known[key] = problem
             if problem is not None:
-                out.append((i, row_key(source, i), problem))
+                out.append((i, key, problem))
         return out
 
     bad = []
@@ -175,6 +184,7 @@ def _read_cache(path: str) -> dict:
 
 
 def _write_cache(path: str, cache: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(cache, f, indent=1)
@@ -196,14 +206,14 @@ def validate_data(config, workdir: str | None, *, write_cache: bool = True) -> d
     cache = _read_cache(cache_path) if cache_path else {}
     threads = max(data.num_workers, min(32, os.cpu_count() or 1))
     gate = config.eval.detection_gate
-    all_keys, bad, cached, changed = set(), {}, True, False
+    all_keys, bad, cached, changed, known = set(), {}, True, False, {}
     for role in ("train", "eval"):
         source = make_source(data, role, config.seed, detection_gate=gate, cap=False, drop=False)
         key = _cache_key(source, data, role, config.seed, gate)
         if key in cache:
             found = [tuple(item) for item in cache[key]["bad"]]
         else:
-            found = check_source(source, name=role, num_threads=threads)
+            found = check_source(source, name=role, num_threads=threads, known=known)
             cache[key] = {"rows": len(source), "bad": found}
             cached, changed = False, True
         all_keys.update(row_key(source, i) for i in range(len(source)))
