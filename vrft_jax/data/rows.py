@@ -131,6 +131,8 @@ class Rows:
     drop it; a file that cannot be read at all fails here.
     """
 
+    parses_solutions_strictly = True  # __getitem__ raises for a bad solution (see validate.py)
+
     def __init__(self, path: str, image_root: str = ""):
         self.image_root = image_root
         self.files = self.data_files = _expand(path)  # data_files: the validation cache key
