@@ -226,7 +226,10 @@ class Rows:
         image, path = row.image, row.where
         if isinstance(image, tuple):  # a parquet row: read lazily (in the pipeline's workers)
             pf, i = image
-            image = pf.image(i)
+            try:
+                image = pf.image(i)
+            except Exception as e:  # pyarrow errors on a damaged row group
+                raise DataError(f"{row.where} field image: {type(e).__name__}: {e}") from e
             if isinstance(image, str):  # a path stored instead of bytes
                 image = path = os.path.join(self.image_root, image) if self.image_root else image
         elif isinstance(image, str):
