@@ -279,6 +279,24 @@ def test_restart_skips_the_pass_until_a_file_changes(tmp_path, monkeypatch):
         validate.validate_data(config, str(workdir))
 
 
+def test_parquet_bad_image_names_the_row_index(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24)).save(buf, format="PNG")
+    images = [{"bytes": buf.getvalue(), "path": f"{k}.png"} for k in range(4)]
+    images[2] = {"bytes": buf.getvalue()[:30], "path": "2.png"}  # cut inside the header
+    table = pa.table({"image": images, "problem": [PROBLEM] * 4, "solution": [GOOD_DETECTION] * 4})
+    path = tmp_path / "train.parquet"
+    pq.write_table(table, path, row_group_size=3)
+    config = rows_config(path, max_bad_fraction=0.0)
+    with pytest.raises(DataError, match=rf"{path} row 2 field image: "):
+        validate.validate_data(config, None)
+
+
 def test_coco_bad_bbox_names_the_annotation_id(tmp_path):
     ann_file, image_root = make_coco(tmp_path)
     dataset = json.loads(pathlib.Path(ann_file).read_text())
