@@ -209,7 +209,7 @@ def validate_data(config, workdir: str | None, *, write_cache: bool = True) -> d
     cache = _read_cache(cache_path) if cache_path else {}
     threads = max(data.num_workers, min(32, os.cpu_count() or 1))
     gate = config.eval.detection_gate
-    all_keys, bad, cached, changed, known = set(), {}, True, False, {}
+    all_keys, bad, known, entries = set(), {}, {}, {}
     for role in ("train", "eval"):
         source = make_source(data, role, config.seed, detection_gate=gate, cap=False, drop=False)
         key = _cache_key(source, data, role, config.seed, gate)
@@ -217,12 +217,12 @@ def validate_data(config, workdir: str | None, *, write_cache: bool = True) -> d
             found = [tuple(item) for item in cache[key]["bad"]]
         else:
             found = check_source(source, name=role, num_threads=threads, known=known)
-            cache[key] = {"rows": len(source), "bad": found}
-            cached, changed = False, True
+        entries[key] = {"rows": len(source), "bad": [list(item) for item in found]}
         all_keys.update(row_key(source, i) for i in range(len(source)))
         bad.update(found)
-    if cache_path and changed and write_cache:
-        _write_cache(cache_path, cache)
+    cached = all(key in cache for key in entries)
+    if cache_path and write_cache and entries != cache:  # only this config's entries are kept
+        _write_cache(cache_path, entries)
     enforce_limit(bad, len(all_keys), data.max_bad_fraction)
     register_dropped(bad)
     return {"rows": len(all_keys), "bad": list(bad.items()), "cached": cached}
