@@ -1,12 +1,16 @@
 r"""Entry point: `python -m vrft_jax.main --config configs/X.py[:arg] --workdir DIR [--config.x=v]`.
 
 Steps: parse the config (locked: a misspelled `--config.field` fails naming the field), check its
-paths, optionally `jax.distributed.initialize()`, create the workdir, write `workdir/config.json`,
-then run `vrft_jax.train.run(config, workdir)`.
+paths and enumerated values (`config_utils.check_values`), read the model folder's config.json and
+the tokenizer's JSON files, optionally `jax.distributed.initialize()`, create the workdir, write
+`workdir/config.json`, validate the data (`vrft_jax.data.validate`: every row's solution and image
+header, cached in the workdir), then run `vrft_jax.train.run(config, workdir)`. Any of these
+mistakes is one line on stderr and exit code 2, before a model is built (`--verbosity=1` shows the
+traceback).
 
 Until `vrft_jax/train.py` exists, the run is a small real job instead (`describe_inputs`): it loads
 the tokenizer and image processor, builds one batch of prompts from synthetic images and prints the
-token counts and shapes. `--check_only` stops after writing config.json (validates a config).
+token counts and shapes. `--check_only` stops after the checks (config, model files, data).
 """
 
 import contextlib
