@@ -64,7 +64,9 @@ def get_config(arg=None):
     c.data.categories = ()  # category names to keep (detection); () = the source's default
     c.data.negatives = False  # add "No Objects" examples (detection)
     c.data.num_workers = 2  # host decode/preprocess workers
-    c.data.max_bad_fraction = 0.01  # fail if more than this fraction of images are corrupt/missing
+    # Fail before step 1 if more than this fraction of the train + eval rows is bad (a solution that
+    # does not parse, a missing or corrupt image); fewer are dropped and listed (data/validate.py).
+    c.data.max_bad_fraction = 0.01
     c.data.synthetic_task = "mixed"  # built-in demo task: "classification", "detection", "mixed"
     c.data.synthetic_size = 112  # synthetic image side in pixels
     c.data.num_eval_examples = 64  # held-out examples for evaluation

@@ -147,8 +147,9 @@ def test_rows_jsonl_with_paths(tmp_path):
     assert [rows.task_at(i) for i in range(3)] == ["detection", "classification", "grounding"]
     assert load_image(rows[1]).image_size == (10, 10)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"problem": "p", "solution": "s"}) + "\n")
-    with pytest.raises(DataError, match="bad.jsonl row 0"):
-        Rows(str(tmp_path / "bad.jsonl"))
+    bad = Rows(str(tmp_path / "bad.jsonl"))  # a bad row fails when read, naming line and field
+    with pytest.raises(DataError, match="bad.jsonl line 1: field image"):
+        bad[0]
 
 
 def test_tfds_data_source_mocked():

@@ -6,6 +6,7 @@ in the first second, naming the config field and the path, instead of deep insid
 
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import sys
@@ -81,6 +82,24 @@ def resolve_tokenizer_dir(config) -> str:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def check_json_files(folder: str) -> None:
+    """Parses every *.json file directly in `folder` (a tokenizer or model folder); ValueError
+    naming the file, line and column of the first one that is not valid JSON."""
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.endswith(".json") or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
+            ) from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read: {e}") from e
+
+
 def write_config_json(config, workdir: str) -> str:
     """Writes the resolved config to `workdir/config.json` and returns the file path."""
     path = os.path.join(workdir, "config.json")
@@ -116,3 +135,157 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg) if arg is not None else module.get_config()
+
+
+# ---- Enumerated values --------------------------------------------------------------------------
+
+
+def _enumerated_fields() -> dict:
+    """Config field -> the values the code accepts, read from the modules that use them."""
+    from vrft_jax import grpo, optim, prompts, train
+    from vrft_jax.data import factory, synthetic
+    from vrft_jax.models import PRESETS
+    from vrft_jax.rewards import kernels, scores
+
+    subjects = tuple(prompts.CLASSIFICATION_SUBJECTS)
+    return {
+        "trainer": train.TRAINERS,
+        "model.preset": tuple(PRESETS),
+        "input.prompt_template": tuple(prompts.TEMPLATES),
+        "input.classification_subject": subjects,
+        "data.source": factory.SOURCES,
+        "data.synthetic_task": synthetic.TASKS,
+        "data.image_folder_subject": subjects,
+        "optim.schedule": optim.SCHEDULES,
+        "grpo.advantage": grpo.ADVANTAGES,
+        "grpo.kl_estimator": grpo.KL_ESTIMATORS,
+        "grpo.loss_aggregation": grpo.AGGREGATIONS,
+        "reward.iou_denominator": kernels.DENOMINATORS,
+        "reward.grounding": kernels.GROUNDING_MODES,
+        "reward.classification_match": scores.CLASSIFICATION_MATCHES,
+    }
+
+
+def check_values(config) -> list[str]:
+    """Every enumerated or structured value the config names, checked against what exists.
+
+    Returns one line per problem ("config.field=value: expected ..."), empty when all is well, so
+    `--check_only` reports all of them at once, before any data or model is touched.
+    """
+    errors = []
+    for field, allowed in _enumerated_fields().items():
+        value = get_field(config, field)
+        if value not in allowed:
+            errors.append(f"config.{field}={value!r}: expected one of {', '.join(allowed)}")
+    for check in (_check_model, _check_rewards, _check_mesh, _check_data, _check_numbers):
+        errors.extend(check(config))
+    return errors
+
+
+def _check_model(config) -> list[str]:
+    import jax.numpy as jnp
+
+    from vrft_jax.models import PRESETS, get_preset
+
+    errors = []
+    for field in ("model.param_dtype", "model.compute_dtype", "grpo.ref_dtype"):
+        value = get_field(config, field)
+        try:
+            ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
+        except TypeError:
+            ok = False
+        if not ok:
+            errors.append(f"config.{field}={value!r}: expected a float dtype (float32, bfloat16)")
+    m = config.model
+    if m.preset in PRESETS:  # attention / remat are checked by the model config itself
+        try:
+            get_preset(m.preset, attention=m.attention, remat=m.remat, vision_remat=m.vision_remat)
+        except ValueError as e:
+            errors.append(f"config.model: {e}")
+    return errors
+
+
+def _check_rewards(config) -> list[str]:
+    from vrft_jax.rewards import registry
+
+    specs = config.rewards
+    example = "e.g. (('format', 1.0), ('detection_iou', 1.0))"
+    if isinstance(specs, str) or not isinstance(specs, list | tuple):
+        return [f"config.rewards={specs!r}: expected (name, weight) pairs, {example}"]
+    for spec in specs:
+        if isinstance(spec, str) or not isinstance(spec, list | tuple) or len(spec) != 2:
+            return [f"config.rewards: {spec!r} is not a (name, weight) pair, {example}"]
+    try:
+        registry.validate_specs(specs)
+    except ValueError as e:
+        return [str(e).replace("config `rewards`", "config.rewards")]
+    return []
+
+
+def _check_mesh(config) -> list[str]:
+    from vrft_jax import sharding
+
+    known = set(sharding.BATCH_AXES) | {axis for _, axis in sharding.DEFAULT_RULES}
+    mesh = config.mesh
+    if not isinstance(mesh, list | tuple) or not all(
+        isinstance(a, list | tuple) and len(a) == 2 and isinstance(a[1], int) for a in mesh
+    ):
+        return [f"config.mesh={mesh!r}: expected (axis name, size) pairs"]
+    errors = [
+        f"config.mesh: unknown axis {name!r}; expected names from {sorted(known)}"
+        for name, _ in mesh
+        if name not in known
+    ]
+    fixed = math.prod(size for _, size in mesh if size > 0) or 1
+    try:  # names unique, sizes positive or one -1 (the device count is checked at start-up)
+        sharding.mesh_shape(mesh, fixed)
+    except ValueError as e:
+        errors.append(str(e))
+    names = {name for name, _ in mesh}
+    for rule in config.mesh_rules:
+        if not isinstance(rule, list | tuple) or len(rule) != 2:
+            errors.append(f"config.mesh_rules: {rule!r} is not a (logical axis, mesh axis) pair")
+            continue
+        targets = rule[1] if isinstance(rule[1], list | tuple) else [rule[1]]
+        errors.extend(
+            f"config.mesh_rules: {rule!r} names mesh axis {t!r}, not one of {sorted(names)}"
+            for t in targets
+            if t is not None and t not in names
+        )
+    return errors
+
+
+def _check_data(config) -> list[str]:
+    from vrft_jax.data import coco, tfds
+
+    errors = []
+    gate = config.eval.detection_gate
+    if gate not in coco.GATES and not os.path.isfile(os.path.expanduser(gate)):
+        errors.append(
+            f"config.eval.detection_gate={gate!r}: expected one of {', '.join(coco.GATES)} or an "
+            "exist-map JSON file"
+        )
+    if config.data.source == "tfds" and config.data.tfds_name not in tfds.SUBJECTS:
+        errors.append(
+            f"config.data.tfds_name={config.data.tfds_name!r}: expected one of "
+            f"{', '.join(tfds.SUBJECTS)}"
+        )
+    return errors
+
+
+def _check_numbers(config) -> list[str]:
+    checks = {
+        "data.max_bad_fraction": lambda v: 0 <= v <= 1,
+        "grpo.G": lambda v: v >= 1,
+        "grpo.mu": lambda v: v >= 1,
+        "sampler.temperature": lambda v: v >= 0,
+        "sampler.top_k": lambda v: v >= 0,
+        "sampler.top_p": lambda v: 0 < v <= 1,
+        "input.batch_size": lambda v: v >= 1,
+        "total_steps": lambda v: v >= 0,
+    }
+    return [
+        f"config.{field}={get_field(config, field)!r} is out of range"
+        for field, ok in checks.items()
+        if not ok(get_field(config, field))
+    ]

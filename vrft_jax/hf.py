@@ -165,13 +165,28 @@ def _read(ckpt: _Checkpoint, entry, shape, dtype):
 
 
 def read_config(path: str) -> Qwen2VLConfig:
+    """The Qwen2VLConfig of a Hugging Face folder; ValueError naming config.json and the field."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a folder (expected a Hugging Face Qwen2-VL folder)")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face Qwen2-VL folder)")
-    with open(cfg_path) as f:
-        return Qwen2VLConfig.from_hf(json.load(f))
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            hf_config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{cfg_path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: cannot read: {e}") from e
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, got {type(hf_config).__name__}")
+    try:
+        return Qwen2VLConfig.from_hf(hf_config)
+    except (ValueError, KeyError, TypeError) as e:  # from_hf names the field, we add the file
+        detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"{cfg_path}: {detail.removeprefix('config.json: ')}") from e
 
 
 def _path_str(path) -> str:

@@ -1,14 +1,19 @@
 r"""Entry point: `python -m vrft_jax.main --config configs/X.py[:arg] --workdir DIR [--config.x=v]`.
 
 Steps: parse the config (locked: a misspelled `--config.field` fails naming the field), check its
-paths, optionally `jax.distributed.initialize()`, create the workdir, write `workdir/config.json`,
-then run `vrft_jax.train.run(config, workdir)`.
+paths and enumerated values (`config_utils.check_values`), read the model folder's config.json and
+the tokenizer's JSON files, optionally `jax.distributed.initialize()`, create the workdir, write
+`workdir/config.json`, validate the data (`vrft_jax.data.validate`: every row's solution and image
+header, cached in the workdir), then run `vrft_jax.train.run(config, workdir)`. Any of these
+mistakes is one line on stderr and exit code 2, before a model is built (`--verbosity=1` shows the
+traceback).
 
 Until `vrft_jax/train.py` exists, the run is a small real job instead (`describe_inputs`): it loads
 the tokenizer and image processor, builds one batch of prompts from synthetic images and prints the
-token counts and shapes. `--check_only` stops after writing config.json (validates a config).
+token counts and shapes. `--check_only` stops after the checks (config, model files, data).
 """
 
+import contextlib
 import difflib
 import importlib
 import json
@@ -20,6 +25,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vrft_jax import config_utils
+from vrft_jax.data import validate
+from vrft_jax.data.example import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -101,6 +108,28 @@ def load_flag_config():
         _die(f"bad config override: {e}")
 
 
+def check_model_files(config) -> None:
+    """Reads config.model_init's config.json and the tokenizer folder's JSON files now, so a broken
+    file is named in the first seconds (ValueError naming the file, line and field)."""
+    if config.model_init:
+        from vrft_jax import hf
+
+        hf.read_config(os.path.expanduser(config.model_init))
+    config_utils.check_json_files(config_utils.resolve_tokenizer_dir(config))
+
+
+@contextlib.contextmanager
+def _user_errors(kinds=(DataError, ValueError, FileNotFoundError)):
+    """A data or model-file mistake (an exception of `kinds`) exits 2 with its one-line message;
+    `--verbosity=1` re-raises it for the traceback."""
+    try:
+        yield
+    except kinds as e:
+        if logging.get_verbosity() > 0:
+            raise
+        _die(str(e))
+
+
 def _die(message):
     print(f"vrft_jax.main: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -126,6 +155,15 @@ def main(argv):
         config_utils.check_paths(config)
     except FileNotFoundError as e:
         _die(str(e))
+    errors = config_utils.check_values(config)
+    if errors:
+        _die(
+            "\n".join(errors)
+            if len(errors) == 1
+            else f"{len(errors)} bad config values:\n  " + "\n  ".join(errors)
+        )
+    with _user_errors():
+        check_model_files(config)
 
     if config.distributed:
         import jax
@@ -139,6 +177,11 @@ def main(argv):
     if is_main_process:
         path = config_utils.write_config_json(config, workdir)
         logging.info("wrote %s", path)
+    with _user_errors():  # before any model is built, so bad data costs seconds, not a model load
+        report = validate.validate_data(config, workdir, write_cache=is_main_process)
+    if report["rows"]:
+        how = "cached" if report["cached"] else "checked"
+        print(f"data OK: {report['rows']} rows {how}, {len(report['bad'])} dropped")
     if _CHECK_ONLY.value:
         print(f"config OK; wrote {os.path.join(workdir, 'config.json')}")
         return
@@ -150,7 +193,8 @@ def main(argv):
             raise  # train.py exists but one of its imports is missing: show that error
         train = None
     if train is not None:
-        train.run(config, workdir)
+        with _user_errors(DataError):  # e.g. more bad images than allowed found while decoding
+            train.run(config, workdir)
     else:
         describe_inputs(config, workdir)
 

@@ -35,6 +35,8 @@ from vrft_jax.models import get_preset, random_qwen2_vl
 from vrft_jax.preemption import PreemptionGuard
 from vrft_jax.rollout import encode_prompts, make_rollout
 
+TRAINERS = ("grpo", "sft")  # config.trainer
+
 
 class NonFiniteError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient."""
@@ -43,8 +45,8 @@ class NonFiniteError(RuntimeError):
 def run(config, workdir: str) -> dict:
     """Trains (or only evaluates when total_steps == 0); returns the final metrics dict."""
     t_start = time.time()
-    if config.trainer not in ("grpo", "sft"):
-        raise ValueError(f"config.trainer={config.trainer!r}: expected 'grpo' or 'sft'")
+    if config.trainer not in TRAINERS:
+        raise ValueError(f"config.trainer={config.trainer!r}: expected one of {TRAINERS}")
     checkpoint.check_workdir(workdir)
 
     # ---- Mesh, processor, model -----------------------------------------------------------------

@@ -17,6 +17,7 @@ judgement instead, so "gt" never asks about absent categories and is optimistic)
 import contextlib
 import io
 import json
+import math
 import os
 
 import numpy as np
@@ -65,6 +66,56 @@ CATEGORY_SETS = {
     "lvis_fewshot6": LVIS_FEWSHOT_6,
     "lvis_ov13": LVIS_OV_13,
 }
+
+
+# config.eval.detection_gate values besides a path to an exist-map JSON file.
+GATES = ("gt", "verified", "all")
+
+
+def read_annotations(annotation_file: str) -> dict:
+    """The annotation JSON, checked for the fields indexing needs (DataError naming the file, the
+    annotation or image id and the field)."""
+    try:
+        with open(annotation_file, encoding="utf-8") as f:
+            dataset = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{annotation_file} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
+        ) from e
+    if not isinstance(dataset, dict):
+        raise DataError(f"{annotation_file}: expected a JSON object with images and annotations")
+    for field in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(field), list):
+            raise DataError(f"{annotation_file} field {field}: missing or not a list")
+    for ann in dataset["annotations"]:
+        for field in ("id", "image_id", "category_id", "bbox"):
+            if field not in ann:
+                raise DataError(
+                    f"{annotation_file} annotation id {ann.get('id')} field {field}: missing"
+                )
+        ann.setdefault("iscrowd", 0)  # LVIS has no iscrowd; pycocotools wants one
+    for image in dataset["images"]:
+        for field in ("id", "width", "height"):
+            if field not in image:
+                raise DataError(
+                    f"{annotation_file} image id {image.get('id')} field {field}: missing"
+                )
+    return dataset
+
+
+def _bbox(ann: dict, annotation_file: str) -> tuple[float, float, float, float]:
+    """A COCO [x, y, w, h] box as pixel x1 y1 x2 y2; DataError unless four finite numbers with
+    w, h >= 0."""
+    bbox = ann["bbox"]
+    ok = isinstance(bbox, list | tuple) and len(bbox) == 4
+    ok = ok and all(type(v) in (int, float) and math.isfinite(v) for v in bbox)
+    if not ok or bbox[2] < 0 or bbox[3] < 0:
+        raise DataError(
+            f"{annotation_file} annotation id {ann['id']} field bbox: {bbox!r} is not four finite "
+            "numbers [x, y, w, h] with w, h >= 0"
+        )
+    x, y, w, h = bbox
+    return (x, y, x + w, y + h)
 
 
 def is_lvis(dataset: dict) -> bool:
@@ -137,12 +188,12 @@ class CocoDetection:
             raise ValueError(f"mode {mode!r}: expected 'train' or 'eval'")
         if not os.path.exists(annotation_file):
             raise DataError(f"annotation file not found: {annotation_file!r}")
-        with open(annotation_file, encoding="utf-8") as f:
-            dataset = json.load(f)
+        dataset = read_annotations(annotation_file)
         self.annotation_file = annotation_file
+        self.data_files = [annotation_file]  # the validation cache key
+        if gate not in GATES and mode == "eval" and os.path.isfile(gate):
+            self.data_files.append(gate)
         self.lvis = is_lvis(dataset)
-        for ann in dataset.get("annotations", []):  # LVIS has no iscrowd; pycocotools wants one
-            ann.setdefault("iscrowd", 0)
         coco = COCO()
         coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -221,6 +272,21 @@ class CocoDetection:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def row_key(self, index: int) -> str:
+        img_id, cat_id = self.pairs[index]
+        return f"{img_id}-{cat_id}"
+
+    def row_where(self, index: int) -> str:
+        img_id, cat_id = self.pairs[index]
+        return f"{self.annotation_file} image id {img_id} category id {cat_id}"
+
+    def drop_rows(self, keys) -> "CocoDetection":
+        """Leaves out every image with a row in `keys` (a bad image or box), so its ground truth
+        is not evaluated either. Returns self."""
+        bad_images = {img for img, cat in self.pairs if f"{img}-{cat}" in keys}
+        self.pairs = [p for p in self.pairs if p[0] not in bad_images]
+        return self
+
     def __getitem__(self, index: int) -> Example:
         img_id, cat_id = self.pairs[index]
         image = self.coco.imgs[img_id]
@@ -228,8 +294,7 @@ class CocoDetection:
         pixel_boxes = []
         for ann in self.coco.imgToAnns.get(img_id, []):
             if ann["category_id"] == cat_id and not ann.get("iscrowd", 0):
-                x, y, w, h = ann["bbox"]
-                pixel_boxes.append((x, y, x + w, y + h))
+                pixel_boxes.append(_bbox(ann, self.annotation_file))
         pixel_boxes.sort()
         boxes = tuple(to_thousandths(b, width, height) for b in pixel_boxes)
         category = self.coco.cats[cat_id]

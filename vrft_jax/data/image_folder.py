@@ -43,11 +43,18 @@ class ImageFolder:
         picks = sorted(k_shot(files, labels, shots, seed))
         self.files = [files[i] for i in picks]
         self.labels = [labels[i] for i in picks]
+        self.data_files = self.files  # the validation cache key
         self.class_names = [d.replace("_", " ") for d in self.class_dirs]
         self.problem = templates.classification_problem(subject)
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def row_key(self, index: int) -> str:
+        return self.files[index]
+
+    def row_where(self, index: int) -> str:
+        return self.files[index]
 
     def __getitem__(self, index: int) -> Example:
         path, label = self.files[index], self.labels[index]

@@ -31,18 +31,38 @@ class LisaGrounding:
         self.items = []  # (json file, instruction index, instruction)
         self._meta = {}
         for file in files:
-            with open(file, encoding="utf-8") as f:
-                record = json.load(f)
-            if not record.get("shapes") or not record.get("text"):
-                raise DataError(f"{file}: needs non-empty 'shapes' and 'text'")
+            try:
+                with open(file, encoding="utf-8") as f:
+                    record = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{file} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
+                ) from e
+            if not isinstance(record, dict) or not record.get("shapes") or not record.get("text"):
+                raise DataError(f"{file} field shapes/text: needs non-empty 'shapes' and 'text'")
             texts = record["text"] if isinstance(record["text"], list) else [record["text"]]
-            self._meta[file] = (polygon_box(record["shapes"][0]["points"]), record)
+            try:
+                box = polygon_box(record["shapes"][0]["points"])
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                raise DataError(
+                    f"{file} field shapes[0].points: not a list of [x, y] numbers ({e})"
+                ) from e
+            self._meta[file] = (box, record)
             self.items.extend((file, k, t) for k, t in enumerate(texts))
         if max_examples:
             self.items = self.items[:max_examples]
+        self.data_files = files  # the validation cache key
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def row_key(self, index: int) -> str:
+        file, k, _ = self.items[index]
+        return f"{os.path.basename(file)}#{k}"
+
+    def row_where(self, index: int) -> str:
+        file, k, _ = self.items[index]
+        return f"{file} instruction {k}"
 
     def __getitem__(self, index: int) -> Example:
         file, k, instruction = self.items[index]

@@ -9,41 +9,51 @@ Only the small text columns are held in memory; image bytes are read per row fro
 (a small per-file cache keeps sequential reads cheap), so a 3 GB shard set is fine.
 """
 
-import ast
 import glob
 import json
 import os
 import re
 import threading
+from typing import NamedTuple
 
 from vrft_jax.data.example import DataError, Example
+from vrft_jax.rewards.parsing import (
+    SolutionError,
+    parse_detection_solution,
+    parse_grounding_solution,
+)
 
 _BOX = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _CATEGORY = re.compile(r"category '(.*?)'")
+_NO_OBJECTS = re.compile(r"\s*no\s*objects?\s*", re.IGNORECASE)
 
 
 def parse_solution(problem: str, solution: str) -> dict:
-    """Task and structured ground truth from a row's texts (Example fields as a dict)."""
+    """Task and structured ground truth from a row's texts (Example fields as a dict).
+
+    Raises SolutionError (a ValueError) for a solution that cannot be read: a detection box that
+    is not four finite numbers, an empty classification answer, a non-string solution.
+    """
+    if not isinstance(solution, str):
+        raise SolutionError(f"expected a string, got {type(solution).__name__}")
     match = _ANSWER.search(solution)
     answer = (match.group(1) if match else solution).strip()
-    category = _CATEGORY.search(problem)
-    if "Position" in answer or answer == "No Objects":
-        boxes = ()
-        if answer != "No Objects":
-            try:
-                items = ast.literal_eval(answer)
-            except (ValueError, SyntaxError) as e:
-                raise DataError(f"detection solution does not parse: {solution!r}") from e
-            boxes = tuple(tuple(int(v) for v in item["Position"]) for item in items)
+    category = _CATEGORY.search(problem) if isinstance(problem, str) else None
+    if "position" in answer.lower() or _NO_OBJECTS.fullmatch(answer):
+        boxes = tuple(tuple(int(v) for v in box) for box in parse_detection_solution(answer))
         return {
             "task": "detection",
             "boxes": boxes,
             "category": category.group(1) if category else "",
         }
-    box = _BOX.search(answer)
-    if box:
-        return {"task": "grounding", "boxes": (tuple(int(v) for v in box.groups()),)}
+    if _BOX.search(answer):
+        return {
+            "task": "grounding",
+            "boxes": (tuple(int(v) for v in parse_grounding_solution(answer)),),
+        }
+    if not answer:
+        raise SolutionError("empty answer")
     return {"task": "classification", "class_name": answer}
 
 
@@ -103,63 +113,133 @@ class _ParquetFile:
         return value
 
 
+class _Row(NamedTuple):
+    problem: str | None
+    solution: str | None
+    image: object  # a path, bytes, or (parquet file, row) read lazily
+    name: str  # example id, "file#i"
+    where: str  # for errors: "file line N" (JSONL, 1-based) or "file row N" (parquet, JSON list)
+    error: str = ""  # why the row cannot be read (a bad JSON line, a missing field)
+
+
 class Rows:
-    """Random-access rows. path: a parquet/jsonl file, a glob, or a folder of them."""
+    """Random-access rows. path: a parquet/jsonl file, a glob, or a folder of them.
+
+    A row that cannot be read (a bad JSON line, a missing field, a solution that does not parse)
+    raises DataError naming its file, line/row and field only when it is accessed, so the
+    validation pass (`vrft_jax.data.validate`) can count it against `data.max_bad_fraction` and
+    drop it; a file that cannot be read at all fails here.
+    """
+
+    parses_solutions_strictly = True  # __getitem__ raises for a bad solution (see validate.py)
 
     def __init__(self, path: str, image_root: str = ""):
         self.image_root = image_root
-        self._rows = []  # (problem, solution, image getter or path, row name)
-        for file in _expand(path):
+        self.files = self.data_files = _expand(path)  # data_files: the validation cache key
+        self._rows: list[_Row] = []
+        for file in self.files:
             if file.endswith(".parquet"):
                 self._add_parquet(file)
             else:
                 self._add_json(file)
 
     def _add_parquet(self, file):
-        pf = _ParquetFile(file)
-        texts = pf.read_texts()
+        try:
+            pf = _ParquetFile(file)
+            texts = pf.read_texts()
+        except DataError:
+            raise
+        except Exception as e:  # pyarrow's ArrowInvalid, OSError: a truncated or foreign file
+            raise DataError(f"{file}: cannot read parquet: {type(e).__name__}: {e}") from e
         for i, (problem, solution) in enumerate(zip(texts["problem"], texts["solution"])):
-            self._rows.append((problem, solution, (pf, i), f"{file}#{i}"))
+            self._rows.append(_Row(problem, solution, (pf, i), f"{file}#{i}", f"{file} row {i}"))
 
     def _add_json(self, file):
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{file}: cannot read: {e}") from e
         if text.lstrip().startswith("["):
-            records = json.loads(text)
+            try:
+                records = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{file} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
+                ) from e
+            numbered = [(i, f"row {i}", r) for i, r in enumerate(records)]
         else:
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        for i, record in enumerate(records):
-            image = record.get("image", record.get("image_path"))
-            if image is None or "problem" not in record or "solution" not in record:
-                raise DataError(f"{file} row {i}: needs image (or image_path), problem, solution")
-            if isinstance(image, str) and self.image_root and not os.path.isabs(image):
-                image = os.path.join(self.image_root, image)
-            self._rows.append((record["problem"], record["solution"], image, f"{file}#{i}"))
+            numbered = [
+                (n, f"line {n}", line)
+                for n, line in enumerate(text.splitlines(), 1)
+                if line.strip()
+            ]
+        for i, (_, place, record) in enumerate(numbered):
+            name, where = f"{file}#{i}", f"{file} {place}"
+            if isinstance(record, str):  # a JSONL line
+                try:
+                    record = json.loads(record)
+                except json.JSONDecodeError as e:
+                    error = f"not valid JSON ({e.msg} at column {e.colno})"
+                    self._rows.append(_Row(None, None, None, name, where, error))
+                    continue
+            self._rows.append(self._json_row(record, name, where))
+
+    def _json_row(self, record, name: str, where: str) -> _Row:
+        if not isinstance(record, dict):
+            return _Row(None, None, None, name, where, "expected a JSON object")
+        image = record.get("image", record.get("image_path"))
+        missing = [k for k in ("problem", "solution") if not isinstance(record.get(k), str)]
+        if image is None:
+            missing.insert(0, "image")
+        if missing:
+            return _Row(None, None, None, name, where, f"field {missing[0]}: missing or not text")
+        if isinstance(image, str) and self.image_root and not os.path.isabs(image):
+            image = os.path.join(self.image_root, image)
+        return _Row(record["problem"], record["solution"], image, name, where)
 
     def __len__(self) -> int:
         return len(self._rows)
 
+    def row_key(self, index: int) -> str:
+        """The row's example id, without reading or parsing it."""
+        return self._rows[index].name
+
+    def row_where(self, index: int) -> str:
+        return self._rows[index].where
+
+    def _parsed(self, index: int) -> tuple[_Row, dict]:
+        row = self._rows[index]
+        if row.error:
+            raise DataError(f"{row.where}: {row.error}")
+        try:
+            return row, parse_solution(row.problem, row.solution)
+        except SolutionError as e:
+            raise DataError(f"{row.where} field solution: {e}") from e
+
     def task_at(self, index: int) -> str:
         """The task of a row from its texts alone (no image read)."""
-        problem, solution = self._rows[index][:2]
-        return parse_solution(problem, solution)["task"]
+        return self._parsed(index)[1]["task"]
 
     def __getitem__(self, index: int) -> Example:
-        problem, solution, image, name = self._rows[index]
-        path = name
+        row, fields = self._parsed(index)
+        image, path = row.image, row.where
         if isinstance(image, tuple):  # a parquet row: read lazily (in the pipeline's workers)
-            pf, row = image
-            image = pf.image(row)
+            pf, i = image
+            try:
+                image = pf.image(i)
+            except Exception as e:  # pyarrow errors on a damaged row group
+                raise DataError(f"{row.where} field image: {type(e).__name__}: {e}") from e
             if isinstance(image, str):  # a path stored instead of bytes
                 image = path = os.path.join(self.image_root, image) if self.image_root else image
         elif isinstance(image, str):
             path = image
         return Example(
             image=image,
-            problem=problem,
-            solution=solution,
-            example_id=name,
-            image_id=name,
+            problem=row.problem,
+            solution=row.solution,
+            example_id=row.name,
+            image_id=row.name,
             image_path=path,
-            **parse_solution(problem, solution),
+            **fields,
         )

@@ -25,6 +25,7 @@ SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220)}
 BACKGROUND = (235, 235, 235)
 SPLIT_CODES = {"train": 0, "eval": 1}
+TASKS = ("classification", "detection", "mixed")  # config.data.synthetic_task
 TRAIN_SIZE = 100_000  # virtual length of the train stream (examples are drawn, not stored)
 
 
@@ -56,10 +57,8 @@ class SyntheticShapes:
     def __init__(
         self, task: str, split: str, seed: int, size: int = 112, length: int | None = None
     ):
-        if task not in ("classification", "detection", "mixed"):
-            raise ValueError(
-                f"config.data.synthetic_task={task!r}: expected classification, detection or mixed"
-            )
+        if task not in TASKS:
+            raise ValueError(f"config.data.synthetic_task={task!r}: expected one of {TASKS}")
         if split not in SPLIT_CODES:
             raise ValueError(f"synthetic split {split!r}: expected 'train' or 'eval'")
         self.task, self.split, self.seed, self.size = task, split, seed, size

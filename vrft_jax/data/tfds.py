@@ -46,6 +46,12 @@ class TfdsClassification:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def row_key(self, index: int) -> str:
+        return f"{self.name}/{self.split}/{self.indices[index]}"
+
+    def row_where(self, index: int) -> str:
+        return f"TFDS {self.name} split {self.split} record {self.indices[index]}"
+
     def __getitem__(self, index: int) -> Example:
         position = self.indices[index]
         record = self.records[position]

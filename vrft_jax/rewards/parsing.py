@@ -201,6 +201,57 @@ def parse_detection_answer(answer, *, is_solution: bool = False) -> ParsedBoxes:
     return ParsedBoxes(boxes, confs, True)
 
 
+class SolutionError(ValueError):
+    """A dataset solution that cannot be read; the message names what is wrong (no file or row:
+    the data source adds those)."""
+
+
+def parse_detection_solution(answer: str) -> tuple[tuple[float, float, float, float], ...]:
+    """The ground-truth boxes of a detection solution (the text inside `<answer>`), strictly.
+
+    Unlike model answers (`parse_detection_answer`), a solution is never repaired: it must be
+    "No Objects" / `[]`, or a list of dicts (a lone dict counts) whose `Position` is four finite
+    numbers. Raises SolutionError saying which entry and why.
+    """
+    text = answer.strip() if isinstance(answer, str) else ""
+    if _NO_OBJECTS_RE.fullmatch(text):
+        return ()
+    loaded = _load(text) if len(text) <= MAX_ANSWER_CHARS else None
+    if isinstance(loaded, dict):
+        loaded = [loaded]
+    if not isinstance(loaded, list | tuple):
+        raise SolutionError(f"detection answer is not a list of boxes: {_short(text)}")
+    boxes = []
+    for k, item in enumerate(loaded, 1):
+        position = None
+        if isinstance(item, dict):
+            fields = {str(key).lower(): v for key, v in item.items()}
+            position = fields.get("position")
+        if not isinstance(position, list | tuple):
+            raise SolutionError(f"box {k} has no 'Position' list: {_short(str(item))}")
+        box = tuple(_number(v) for v in position)
+        if len(box) != 4 or None in box:
+            raise SolutionError(
+                f"box {k} 'Position' {list(position)} is not four finite numbers [x1, y1, x2, y2]"
+            )
+        boxes.append(box)
+    return tuple(boxes)
+
+
+def parse_grounding_solution(answer: str) -> tuple[float, float, float, float]:
+    """The box of a grounding solution, `(x1,y1),(x2,y2)` or `[x1, y1, x2, y2]`; SolutionError
+    when there is none."""
+    parsed = parse_grounding_answer(answer)
+    if not parsed.valid:
+        raise SolutionError(f"grounding answer has no box (x1,y1),(x2,y2): {_short(answer)}")
+    return tuple(float(v) for v in parsed.boxes[0])
+
+
+def _short(text: str, limit: int = 80) -> str:
+    text = repr(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_grounding_answer(answer) -> ParsedBoxes:
     """The first box in a grounding answer, `(x1,y1),(x2,y2)` or `[x1, y1, x2, y2]`, 0..1000.
 
