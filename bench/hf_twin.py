@@ -9,6 +9,8 @@ table, the one save_qwen2_vl writes with) and handed to torch through DLPack, on
 no host copy, no file. torch is imported only when called.
 """
 
+import contextlib
+
 import jax.numpy as jnp
 from flax import nnx
 
@@ -37,6 +39,19 @@ def hub_tensors(model):
             continue
         for i in range(value.shape[0]):
             yield template.format(i=i), jnp.copy(to_hf(value[i]))
+
+
+def _no_init():
+    """transformers' context that skips the random init of new modules (minutes for the 152k-row
+    embedding on a CPU), or a no-op where this release has none."""
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights  # 4.x
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def torch_model(model, dtype: str, device: str):

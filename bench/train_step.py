@@ -69,9 +69,17 @@ class TrainPreset:
 
 
 PRESETS = {
+    # 176 prompt tokens: grpo_step's real detection prompt with its 112 px image, so the smoke
+    # suite's two scripts share the update's shapes (compiled once through the persistent cache).
     "cpu-small": TrainPreset(
-        ROLLOUT_PRESETS["cpu-small"], "2b", "float32", "float32", 4, "none", 1
-    ),
+        dataclasses.replace(ROLLOUT_PRESETS["cpu-small"], prompt_tokens=176),
+        "2b",
+        "float32",
+        "float32",
+        4,
+        "none",
+        1,
+    ),  # fmt: skip
     "2b": TrainPreset(
         dataclasses.replace(ROLLOUT_PRESETS["2b"], config={}),
         "2b",
