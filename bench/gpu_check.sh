@@ -21,22 +21,24 @@
 #
 # Expected wall time on one H200 (an estimate: nothing of this has run on a GPU yet). Every
 # process pays ~15 s (python, jax + torch + transformers imports, CUDA and XLA client start) and
-# ~10 s for the on-device random init (one jitted init program). GPU XLA compile times are taken
-# as the 2-core CPU's (measured on cpu-small, whose programs have the same structure: scanned
-# layers, so depth does not add compile time) divided by ~2 for the 16-core host: sampler
-# prefill + decode ~25 s, vision tower ~5 s, reference log-probs ~10 s, update ~40 s (7b ~50 s).
-# Run times from the issue's anchors: transformers' generate 82.9 ms/step -> 21 s for 256 tokens
-# (+2 s warm-up); transformers' fwd+bwd 17,100 tokens/s -> 2.4 s per 2b step, 7,800 -> 2.6 s per
-# 7b step, each run 3 times (warm-up + 2) with its reference forward (1/3 of that); ours assumed
-# no faster than transformers for the estimate. The transformers twin is filled over DLPack on
-# the GPU (bench/hf_twin.py, ~5 s for 2b, ~10 s for 7b; no HF folder written).
-#   env                                                               10 s
-#   rollout: 15 + 10 init + 2 x (25 compile + 4 run) + 6 vision + 5 twin + 23 generate   ~117 s
-#   train_2b: 15 + 10 + 5 twin + 3 x 3.2 torch + 10 + 40 compile + 3 x 3.2 ours          ~100 s
-#   grpo_step: 15 + 10 + 25 + 10 + 40 compile + 2 steps x ~8 s + 6 vision               ~122 s
-#   train_7b: 15 + 15 + 10 twin + 3 x 3.5 torch + 10 + 50 compile + 3 x 3.5 ours         ~121 s
-#   decode_cost: 15 + 3 compiles x ~12 s (step, loop, pre-split step; no weights)        ~51 s
-#   total                                                                     ~521 s = 8.7 min
+# ~10 s for the on-device random init (one jitted init program; 7b ~15 s). GPU XLA compile times
+# are taken as the 2-core CPU's on cpu-small (same program structure; scanned layers, so depth
+# adds no compile time, except the sampler's per-layer decode: 28 unrolled layers, not 4) halved
+# for the 16-core host: sampler prefill + decode ~25 s, vision tower ~5 s, reference log-probs
+# ~10 s, update ~40 s (7b ~50 s), a decode_cost program ~15 s. Run times from the issue's anchors:
+# transformers' generate 82.9 ms/step -> 21 s for 256 tokens (+2 s warm-up); our decode ~3 s per
+# 256 steps (~10 ms/step, 2x the roofline's 4 ms); transformers' fwd+bwd 17,100 tokens/s -> 2.4 s
+# per 2b step (+0.8 s reference forward), 7,800 -> 2.6 s (+0.9 s) per 7b step, each side run
+# twice (warm-up + 1 timed, --steps 1); ours taken as no faster than transformers. The
+# transformers twin is filled over DLPack on the GPU (bench/hf_twin.py; no HF folder written).
+#   env (imports, nvidia-smi)                                                             10 s
+#   rollout: 15 + 10 init + 2 attentions x (25 compile + 2 x 3 decode) + 6 vision + 5 twin
+#            + 23 generate                                                               ~121 s
+#   train_2b: 15 + 10 + 5 twin + 2 x 3.2 torch + 10 + 40 compile + 2 x 3.2 ours            ~93 s
+#   grpo_step: 15 + 10 + 2 processor + 25 + 10 + 40 compile + 2 steps x ~8 s + 6 vision   ~124 s
+#   train_7b: 15 + 15 + 10 twin + 2 x 3.5 torch + 10 + 50 compile + 2 x 3.5 ours          ~114 s
+#   decode_cost: 15 + 3 compiles (step, loop, pre-split step; no weights) x ~15 s           ~60 s
+#   total                                                                       ~522 s = 8.7 min
 # The deadline (BUDGET_S, default 530) keeps the call inside 10 minutes if compiles run longer:
 # the last steps (7b, decode_cost) are then cut, and say so in the summary.
 # Needs jax, flax, optax, transformers and torch (the image has them) and, for train_step and
@@ -113,9 +115,9 @@ if ((smoke)); then
   step decode_cost 600 nice python3 bench/decode_cost.py --preset cpu-small
 else
   step rollout 170 python3 bench/rollout.py --preset 2b --attention xla cudnn
-  step train_2b 150 python3 bench/train_step.py --preset 2b --steps 2
+  step train_2b 150 python3 bench/train_step.py --preset 2b --steps 1
   step grpo_step 170 python3 bench/grpo_step.py --preset 2b --steps 2
-  step train_7b 170 python3 bench/train_step.py --preset 7b --steps 2
+  step train_7b 170 python3 bench/train_step.py --preset 7b --steps 1
   step decode_cost 90 python3 bench/decode_cost.py --preset 2b
 fi
 
