@@ -1,9 +1,10 @@
 """The GPU benchmark suite's CPU path (bench/gpu_check.sh --smoke and what it runs).
 
 The full smoke run compiles a dozen programs (minutes on 2 cores), so these tests take its parts
-that can break without a GPU at their smallest: the transformers twin that every "vs
-transformers" figure relies on (same weights, same log-probs), the summary table, and the shell
-script's deadline and summary plumbing.
+that can break without a GPU at their smallest (the library's tiny widths): the transformers twin
+that every "vs transformers" figure relies on (same weights, same log-probs), grpo_step's timed
+sampler call (the same samples as the trainer's), the summary table, and the shell script's
+deadline and summary plumbing.
 """
 
 import dataclasses
@@ -31,11 +32,7 @@ def test_twin_gives_our_log_probs_on_an_image_prompt():
     from vrft_jax import policy
     from vrft_jax.models import get_preset
 
-    tiny = dataclasses.asdict(get_preset("tiny"))
-    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    keys += ("num_key_value_heads", "mrope_section", "vision_depth", "vision_embed_dim")
-    keys += ("vision_num_heads",)
-    batch = Preset(2, 2, 56, 16, 4, "float32", {k: tiny[k] for k in keys})
+    batch = Preset(2, 2, 56, 16, 4, "float32", _tiny_overrides())
     t = train_step.TrainPreset(batch, "2b", "float32", "float32", 2, "none", 1)
     model = train_step.build_model(get_preset("2b", **batch.config), 0, "float32")
     c = train_step.train_config(t, batch, "none")
@@ -51,6 +48,53 @@ def test_twin_gives_our_log_probs_on_an_image_prompt():
     scale = np.abs(ours).max()
     np.testing.assert_allclose(theirs["ref_logp"], ours, rtol=0, atol=1e-5 * scale)
     assert theirs["update_s"] > 0 and theirs["ref_s"] > 0
+
+
+def _tiny_overrides():
+    """The library's tiny widths as overrides of the 2b preset (the benchmarks' presets are)."""
+    from vrft_jax.models import get_preset
+
+    tiny = dataclasses.asdict(get_preset("tiny"))
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    keys += ("num_key_value_heads", "mrope_section", "vision_depth", "vision_embed_dim")
+    return {k: tiny[k] for k in keys + ("vision_num_heads",)}
+
+
+def test_grpo_step_timed_sampler_samples_what_the_trainer_samples():
+    """grpo_step swaps the trainer's sampler call for one split into timed phases: same programs,
+    same tokens and log-probs as train.make_generate_fn's for the same prompts and key."""
+    import grpo_step
+    import jax
+    from flax import nnx
+
+    from vrft_jax import train
+    from vrft_jax.inputs import PromptProcessor
+    from vrft_jax.metrics import Timer
+    from vrft_jax.models import get_preset
+    from vrft_jax.rollout import encode_prompts
+
+    p = grpo_step.StepPreset(1, 2, 56, 4, "float32", "float32", 2, _tiny_overrides())
+    c = grpo_step.step_config(p)
+    processor = PromptProcessor.from_config(c)
+    model = grpo_step.build_model(get_preset("2b", **p.config), 0, "float32")
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    timer = Timer()
+    timed, _ = grpo_step.timed_generate_fn(graphdef, model.config, c, timer)
+    prompt = encode_prompts(processor, grpo_step.make_examples(p, seed=0), c)
+    args = (prompt["prompt_ids"], prompt["prompt_mask"], *prompt["raw_images"])
+    kw = dict(
+        max_new_tokens=p.new_tokens, num_samples=p.samples, temperature=1.0, top_k=0, top_p=1.0,
+        eos_token_ids=processor.special.eos, pad_token_id=processor.special.pad,
+        rng=jax.random.key(3),
+    )  # fmt: skip
+    ours = timed(params)(*args, **kw)
+    assert set(timer.splits()) == {"time/prefill", "time/decode", "time/to_host"}
+    theirs = train.make_generate_fn(graphdef, model.config, c)(params)(*args, **kw)
+    np.testing.assert_array_equal(ours.tokens, np.asarray(theirs.tokens))
+    np.testing.assert_array_equal(ours.mask, np.asarray(theirs.mask))
+    np.testing.assert_array_equal(ours.logprobs, np.asarray(theirs.logprobs))  # same programs
+    assert ours.tokens.shape == (p.prompts * p.samples, p.new_tokens)
 
 
 def test_summary_table_collects_rows_in_order_and_names_silent_logs(tmp_path, capsys):
