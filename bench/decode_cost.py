@@ -49,6 +49,7 @@ from vrft_jax.models import Qwen2VL, get_preset, random_qwen2_vl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rollout import PRESETS, Preset  # noqa: E402  (bench/rollout.py: the shared size presets)
+from summary import row  # noqa: E402
 
 PRESETS = dict(PRESETS)
 # 2b widths and vocabulary, 4 layers, fp32: a decode step dominated by the layer weights (unlike
@@ -407,6 +408,7 @@ def analyse(preset, per_layer, rule, donate, dump, dtype=None):
         f"  step program: {flops / 1e9:.2f} GFLOP, bytes accessed {bytes_acc / 1e9:.3f} GB = "
         f"{bytes_acc / ideal_full:.2f}x ideal (full cache), {bytes_acc / ideal_live:.2f}x (live)"
     )
+    moved = bytes_acc  # bytes of one step (the loop body's own work when pre-split, below)
     if per_layer and "layers" in inspect.signature(decode_step).parameters:
         print("  (per-layer: the step program also splits the layer weights, a one-off per loop)")
         pflops, pbytes = cost(presplit_step(graphdef, params, state, eos, kw))
@@ -415,6 +417,13 @@ def analyse(preset, per_layer, rule, donate, dump, dtype=None):
             f"accessed {pbytes / 1e9:.3f} GB = {pbytes / ideal_full:.2f}x ideal (full cache), "
             f"{pbytes / ideal_live:.2f}x (live)"
         )
+        moved = pbytes
+    row(
+        f"decode step {preset} ({'per-layer' if per_layer else 'stacked'}, {config.compute_dtype}):"
+        " GB moved per step, XLA cost analysis (roofline = ideal live bytes / moved)",
+        moved / 1e9,
+        roofline=ideal_live / moved,
+    )
     print(
         f"  loop program (XLA counts the while body once): {lflops / 1e9:.2f} GFLOP, "
         f"{lbytes / 1e9:.3f} GB = {lbytes / ideal_full:.2f}x ideal"

@@ -5,13 +5,16 @@
 
 2b is the Visual-RFT setting: 8 prompts x 8 samples, one 448x448 image each (256 image tokens of a
 ~378-token prompt), 256 new tokens, temperature 1. Random weights (std 0.02) are written to a tmp
-Hugging Face folder with hf.save_qwen2_vl and loaded into torch with from_pretrained, so both sides
+model given our weights by bench/hf_twin.py (no folder written), so both sides
 run identical weights. Both generate exactly C tokens per row (no stop ids for us, min_new_tokens
 for transformers), so the token counts match.
 
 Printed: compile time, prefill (and, separately, the vision tower), decode ms per step and tokens/s
 for each side, the ratio, and on GPU/TPU the fraction of the HBM-bandwidth roofline of a decode step
-(bytes of LLM parameters + live KV cache read per step / step time / peak bandwidth).
+(bytes of LLM parameters + live KV cache read per step / step time / peak bandwidth), and
+`SUMMARY|` lines for bench/summary.py. `--attention xla cudnn` times ours once per attention kernel
+(the first against transformers) in one process, sharing the weights.
+The transformers model gets our weights in memory (bench/hf_twin.py), not through a folder.
 This file imports no ml_collections / pycocotools / tfds (GPU machines lack them); torch is imported
 only when the transformers side runs.
 """
@@ -19,7 +22,7 @@ only when the transformers side runs.
 import argparse
 import dataclasses
 import os
-import tempfile
+import sys
 import time
 
 import jax
@@ -27,9 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vrft_jax import hf
 from vrft_jax.generation.sampler import Sampler, SamplingRule
 from vrft_jax.models import Qwen2VL, get_preset, random_qwen2_vl
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_twin import torch_model  # noqa: E402  (bench/: the transformers twin of our model)
+from summary import row  # noqa: E402
 
 VISION_START, VISION_END, IMAGE = 151652, 151653, 151655
 
@@ -138,19 +144,21 @@ def llm_param_bytes(model) -> int:
     return int(total)
 
 
-def build_model(config, seed: int, dtype: str):
-    """Random weights: host numpy init on CPU; one jitted on-device init elsewhere (seconds for
-    2B on a GPU, where the host init takes minutes)."""
+def build_model(config, seed: int, dtype: str, compute_dtype: str | None = None, **kwargs):
+    """Random weights (parameters in `dtype`, compute in `compute_dtype`, default the same): host
+    numpy init on CPU; one jitted on-device init elsewhere (seconds for 2B on a GPU, where the host
+    init takes minutes). kwargs go to Qwen2VL (e.g. prompt_buckets)."""
+    config = config.replace(param_dtype=dtype, compute_dtype=compute_dtype or dtype)
     if jax.default_backend() == "cpu":
-        return random_qwen2_vl(config, seed=seed, dtype=dtype)
-    config = config.replace(param_dtype=dtype, compute_dtype=dtype)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(seed))))
-    state = jax.jit(lambda: nnx.state(Qwen2VL(config, rngs=nnx.Rngs(seed))))()
+        return random_qwen2_vl(config, seed=seed, **kwargs)
+    make = lambda: Qwen2VL(config, rngs=nnx.Rngs(seed), **kwargs)  # noqa: E731
+    graphdef = nnx.graphdef(nnx.eval_shape(make))
+    state = jax.jit(lambda: nnx.state(make()))()
     return nnx.merge(graphdef, state)
 
 
-def run_ours(model, inputs, p: Preset, seed: int):
-    """Times our sampler: compile, prefill (+ vision alone), decode loop."""
+def run_ours(model, inputs, p: Preset, seed: int, vision: bool = True):
+    """Times our sampler: compile, prefill (+ the vision tower alone if `vision`), decode loop."""
     graphdef, params = nnx.split(model)
     sampler = Sampler.for_model(model)
     kw = dict(max_new_tokens=p.new_tokens, num_samples=p.samples, temperature=1.0)
@@ -165,8 +173,10 @@ def run_ours(model, inputs, p: Preset, seed: int):
     # The vision tower alone (its own small program), on the same padded images.
     pv, grid = sampler.prepare(*inputs)[2:4]
     encode = jax.jit(lambda prm, a, b: nnx.merge(graphdef, prm).encode_images(a, b))
-    jax.block_until_ready(encode(params, pv, grid))
-    _, vision_s = timed(lambda: encode(params, pv, grid))
+    vision_s = float("nan")
+    if vision:
+        jax.block_until_ready(encode(params, pv, grid))
+        _, vision_s = timed(lambda: encode(params, pv, grid))
     n = p.prompts * p.samples
     total = prefill_s + decode_s
     return dict(
@@ -182,16 +192,17 @@ def run_ours(model, inputs, p: Preset, seed: int):
     )
 
 
-def run_torch(path, inputs, p: Preset, threads=None):
+def run_torch(ours_model, inputs, p: Preset, threads=None):
     """Times transformers' generate (sampling, temperature 1, G = num_return_sequences)."""
     import torch
-    from transformers import Qwen2VLForConditionalGeneration
 
     if threads:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, p.dtype)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+    t0 = time.perf_counter()
+    model = torch_model(ours_model, p.dtype, device)
+    print(f"transformers model with our weights built in {time.perf_counter() - t0:.1f}s")
     ids, mask, pv, grid = inputs
     args = dict(
         input_ids=torch.as_tensor(ids, device=device),
@@ -237,6 +248,29 @@ def run_torch(path, inputs, p: Preset, threads=None):
     )
 
 
+def roofline_fraction(model, p: Preset, ours, device_kind: str):
+    """Ideal decode ms per step (LLM params + live KV cache at peak bandwidth) / measured, printed;
+    None where the device's bandwidth is unknown (CPU)."""
+    bw = peak_bandwidth(device_kind)
+    if bw is None:
+        return None
+    c = model.config
+    n = p.prompts * p.samples
+    kv_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
+    kv_item = jnp.dtype(c.compute_dtype).itemsize
+    live = n * (p.prompt_tokens + p.new_tokens / 2) * kv_token * kv_item
+    read = n * ours["cache_cols"] * kv_token * kv_item  # what our masked attention reads
+    params_b = llm_param_bytes(model)
+    ideal_ms = 1e3 * (params_b + live) / bw
+    print(
+        f"roofline: params {params_b / 1e9:.2f} GB + live KV {live / 1e9:.2f} GB per step "
+        f"(full-cache reads {read / 1e9:.2f} GB) at {bw / 1e12:.2f} TB/s = "
+        f"{ideal_ms:.2f} ms/step ideal; measured {ours['step_ms']:.2f} ms -> "
+        f"{100 * ideal_ms / ours['step_ms']:.0f}% of roofline"
+    )
+    return ideal_ms / ours["step_ms"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
@@ -244,7 +278,13 @@ def main():
     ap.add_argument("--prompts", type=int, help="override B")
     ap.add_argument("--samples", type=int, help="override G")
     ap.add_argument("--new-tokens", type=int, help="override C")
-    ap.add_argument("--attention", choices=("xla", "cudnn", "auto"), help="our attention kernel")
+    ap.add_argument(
+        "--attention",
+        nargs="+",
+        choices=("xla", "cudnn", "auto"),
+        default=["xla"],
+        help="our attention kernel(s), each timed in turn; the first is compared with transformers",
+    )
     ap.add_argument("--torch-threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -255,10 +295,7 @@ def main():
         samples=a.samples or p.samples,
         new_tokens=a.new_tokens or p.new_tokens,
     )
-    overrides = dict(p.config)
-    if a.attention:
-        overrides["attention"] = a.attention
-    config = get_preset("2b", **overrides)
+    config = get_preset("2b", **p.config)
     device = jax.devices()[0]
     print(
         f"preset {a.preset}: B={p.prompts} G={p.samples} N={p.prompts * p.samples} "
@@ -271,47 +308,50 @@ def main():
     print(f"params {n_params / 1e6:.1f}M (random, built in {time.perf_counter() - t0:.1f}s)")
     inputs = make_inputs(p, a.seed)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if not a.no_torch:
-            t0 = time.perf_counter()
-            hf.save_qwen2_vl(model, tmp)
-            print(f"wrote HF folder in {time.perf_counter() - t0:.1f}s")
-        ours = run_ours(model, inputs, p, a.seed)
+    results = {}
+    for i, attention in enumerate(a.attention):
+        model.config = model.config.replace(attention=attention)  # a new graphdef, same weights
+        # The vision tower's own program is timed once (its compile costs GPU-suite seconds).
+        ours = results[attention] = run_ours(model, inputs, p, a.seed, vision=i == 0)
         print(
-            f"ours: compile+first run {ours['compile_s']:.1f}s ({ours['compiles']} programs); "
-            f"prefill {1e3 * ours['prefill_s']:.1f} ms (vision tower alone "
-            f"{1e3 * ours['vision_s']:.1f} ms); decode {ours['steps']} steps "
+            f"ours ({attention} attention): compile+first run {ours['compile_s']:.1f}s "
+            f"({ours['compiles']} programs); prefill {1e3 * ours['prefill_s']:.1f} ms (vision "
+            f"tower alone {1e3 * ours['vision_s']:.1f} ms); decode {ours['steps']} steps "
             f"{ours['decode_s']:.2f}s = {ours['step_ms']:.2f} ms/step; "
             f"{ours['tokens_per_s']:.1f} tokens/s"
         )
-        bw = peak_bandwidth(device.device_kind)
-        if bw is not None:
-            c = model.config
-            n = p.prompts * p.samples
-            kv_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
-            kv_item = jnp.dtype(c.compute_dtype).itemsize
-            live = n * (p.prompt_tokens + p.new_tokens / 2) * kv_token * kv_item
-            read = n * ours["cache_cols"] * kv_token * kv_item  # what our masked attention reads
-            params_b = llm_param_bytes(model)
-            ideal_ms = 1e3 * (params_b + live) / bw
-            print(
-                f"roofline: params {params_b / 1e9:.2f} GB + live KV {live / 1e9:.2f} GB per step "
-                f"(full-cache reads {read / 1e9:.2f} GB) at {bw / 1e12:.2f} TB/s = "
-                f"{ideal_ms:.2f} ms/step ideal; measured {ours['step_ms']:.2f} ms -> "
-                f"{100 * ideal_ms / ours['step_ms']:.0f}% of roofline"
-            )
-        if a.no_torch:
-            return
-        theirs = run_torch(tmp, inputs, p, a.torch_threads)
-    print(
-        f"transformers ({theirs['device']}): {theirs['total_s']:.2f}s total, prefill+1 token "
-        f"{1e3 * theirs['prefill_s']:.1f} ms, {theirs['step_ms']:.2f} ms/step, "
-        f"{theirs['tokens_per_s']:.1f} tokens/s"
-    )
-    print(
-        f"ratio ours/transformers: {ours['tokens_per_s'] / theirs['tokens_per_s']:.1f}x tokens/s, "
-        f"{theirs['step_ms'] / ours['step_ms']:.1f}x per decode step"
-    )
+        ours["roofline"] = roofline_fraction(model, p, ours, device.device_kind)
+    theirs = None
+    if not a.no_torch:
+        theirs = run_torch(model, inputs, p, a.torch_threads)
+        print(
+            f"transformers ({theirs['device']}): {theirs['total_s']:.2f}s total, prefill+1 "
+            f"token {1e3 * theirs['prefill_s']:.1f} ms, {theirs['step_ms']:.2f} ms/step, "
+            f"{theirs['tokens_per_s']:.1f} tokens/s"
+        )
+        first = results[a.attention[0]]
+        print(
+            f"ratio ours/transformers: {first['tokens_per_s'] / theirs['tokens_per_s']:.1f}x "
+            f"tokens/s, {theirs['step_ms'] / first['step_ms']:.1f}x per decode step"
+        )
+    what = f"rollout {a.preset} {p.prompts}x{p.samples}, C={p.new_tokens}"
+    for i, (attention, ours) in enumerate(results.items()):
+        other = theirs if i == 0 else None
+        row(
+            f"{what} ({attention}): tokens/s",
+            ours["tokens_per_s"],
+            other and other["tokens_per_s"],
+            roofline=ours["roofline"],
+        )
+        row(
+            f"{what} ({attention}): ms per decode step",
+            ours["step_ms"],
+            other and other["step_ms"],
+            unit="ms",
+            higher_is_better=False,
+            roofline=ours["roofline"],
+        )
+        row(f"{what} ({attention}): compile s", ours["compile_s"], unit="s")
 
 
 if __name__ == "__main__":
