@@ -92,3 +92,8 @@ def write_json(path, value, *, indent: int | None = 1) -> str:
         f.write(text + "\n")
     os.replace(tmp, path)
     return path
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
