@@ -1,15 +1,18 @@
 """The training run: `run(config, workdir)` does Visual-RFT (GRPO) or the SFT baseline end to end.
 
-Reads top to bottom: mesh -> processor -> model (checkpoint.resolve_init_source: workdir
-checkpoint > config.resume > config.model_init > random preset) -> optimizer and train state ->
-optional SFT warm-up (config.sft.warmup_steps; the GRPO reference model is the warmed-up one) ->
-data pipeline with a resumable position -> checkpoints + SIGTERM guard -> the loop -> final
-evaluation.
+Reads top to bottom: a finished run? (say so, touch nothing) -> SIGTERM guard for the whole run
+-> mesh -> processor -> model (checkpoint.resolve_init_source: workdir checkpoint > config.resume
+> config.model_init > random preset) -> optimizer and train state -> files continued from the
+resumed step -> optional SFT warm-up (config.sft.warmup_steps, checkpointed in workdir/warmup/;
+the GRPO reference model is the warmed-up one) -> data pipeline with a resumable position -> the
+loop -> final evaluation. Evaluations: vrft_jax.evaluation; results.json, the table and the reward
+curve: vrft_jax.results. A SIGTERM outside the loop raises RunStopped once what can be saved is.
 
 Each GRPO step: rollout (sampler, G per prompt) -> rewards -> advantages -> reference log-probs
 (beta != 0) -> old log-probs (mu > 1) -> mu jitted updates. Files in the workdir: metrics.jsonl,
-samples.jsonl, tb/, checkpoints/, eval/, and results.json + reward_curve.png (evaluations: before
-training when config.eval_at_start, after the warm-up, at the end).
+samples.jsonl, tb/, checkpoints/, warmup/, eval/<tag>/, and results.json + reward_curve.png
+(evaluations: before training when config.eval_at_start, after the warm-up, every eval_every
+steps, at the end).
 """
 
 import contextlib
