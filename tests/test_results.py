@@ -5,9 +5,11 @@ One run is taken through every interruption in order (module fixture), each test
 promise:
   1. SIGTERM during the SFT warm-up: exit 0, a message, the warm-up's checkpoint.
   2. The same command resumes the warm-up; SIGKILL after step 3 (last checkpoint: step 2).
-  3. The same command finishes: each step once in metrics.jsonl, every evaluation (before,
-     after_sft, step_2, final) once in results.json with its step, the curve from all steps.
-  4. The same command again: "already finished", exit 0, no file changed.
+  3. The same command trains to the end; SIGTERM during its final evaluation: exit 0, a message.
+  4. The same command redoes only the final evaluation: each step once in metrics.jsonl, every
+     evaluation (before, after_sft, step_2, final) once in results.json with its step, the
+     curve from all steps.
+  5. The same command again: "already finished", exit 0, no file changed.
 Plus the results table width, strict JSON in results.json, and the plot, without a model.
 """
 
@@ -39,7 +41,7 @@ OVERRIDES = {
     "grpo.beta": 0.04,  # the reference is the warm-up's result: read back from workdir/warmup
     "sampler.max_new_tokens": 16,
     "data.num_workers": 1,
-    "data.num_eval_examples": 2,
+    "data.num_eval_examples": 4,  # 2 batches: a SIGTERM in an evaluation is seen at a batch
     "eval.max_new_tokens": 4,
     "eval.batch_size": 2,
     "eval.num_samples": 2,
@@ -121,12 +123,19 @@ def interrupted_run(tmp_path_factory):
     seen["killed_rc"], seen["killed_out"] = run.proc.returncode, run.proc.stdout.read()
     seen["killed_steps"] = _train_steps(workdir)
 
-    # 3. Resume to the end.
+    # 3. Resume; SIGTERM once the final evaluation has started.
+    run = Run(workdir)
+    final_eval = re.compile(rf"train:\s+100%[^\r]*{TOTAL}/{TOTAL}.*eval classification", re.DOTALL)
+    run.wait_for(lambda: final_eval.search(run.err), "the final evaluation")
+    run.proc.send_signal(signal.SIGTERM)
+    seen["eval_stopped"] = run.finish()
+
+    # 4. Resume to the end.
     seen["resumed"] = Run(workdir).finish()
     seen["files"] = _snapshot(workdir)
     time.sleep(0.05)  # so that a rewrite would show in the mtimes
 
-    # 4. The same command on the finished run.
+    # 5. The same command on the finished run.
     seen["rerun"] = Run(workdir).finish()
     return workdir, seen
 
@@ -156,6 +165,17 @@ def test_sigkill_and_resume_log_each_step_once(interrupted_run):
     assert eval_steps == [2, 4]
     sampled = [r["step"] for r in jsonio.read_jsonl(workdir / "samples.jsonl")]
     assert sorted(set(sampled)) == [1, 2, 3, 4] and sampled == sorted(sampled)
+
+
+def test_sigterm_during_an_evaluation_exits_0_and_the_resume_redoes_it(interrupted_run):
+    workdir, seen = interrupted_run
+    rc, out = seen["eval_stopped"]
+    assert rc == 0, out
+    assert "Stopped by SIGTERM during the evaluation 'final'; checkpoint of step 4 saved" in out
+    rc, out = seen["resumed"]
+    assert rc == 0 and "Held-out results" in out, out
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["evaluations"]["final"]["step"] == 4
 
 
 def test_results_keep_every_evaluation_with_its_step(interrupted_run):

@@ -241,7 +241,10 @@ def _save_before_stop(ckpt, step, state, extra) -> str:
     """Saves a train step's state (extra is None for the initial or warmed-up state, which
     are rebuilt on resume) and says what was saved."""
     if extra is None or step == 0:
-        return f"nothing new to save ({_kept(ckpt)}); it runs again on resume"
+        return (
+            "nothing new to save (the evaluated weights are rebuilt on resume: the initial ones, "
+            f"or the SFT warm-up's result in {WARMUP_DIR}/); the evaluation runs again"
+        )
     ckpt.save(step, state, extra, force=True)
     ckpt.wait()
     return f"checkpoint of step {step} saved in {ckpt.directory}; the evaluation runs again"
