@@ -101,8 +101,8 @@ def test_summary_equals_pycocotools_own(tmp_path):
     lookup = dict(zip([e.example_id for e in examples], completions))
     metrics = dict(evaluator.run(lambda batch: [lookup[e.example_id] for e in batch]))
 
-    results_file = tmp_path / "work" / "eval" / "detection_results.json"
-    assert results_file.exists() and (tmp_path / "work/eval/detection_predictions.json").exists()
+    results_file = tmp_path / "work" / "detection_results.json"
+    assert results_file.exists() and (tmp_path / "work/detection_predictions.json").exists()
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(ann)
         reference = COCOeval(gt, gt.loadRes(str(results_file)), iouType="bbox")
@@ -139,7 +139,7 @@ def test_synthetic_detection_evaluator_end_to_end(tmp_path):
     evaluator = DetectionEvaluator(source, str(tmp_path), batch_size=8)
     metrics = dict(evaluator.run(_oracle))
     assert metrics["detection/map"] == pytest.approx(1.0)
-    with open(tmp_path / "eval" / "detection_metrics.json") as f:
+    with open(tmp_path / "detection_metrics.json") as f:
         assert json.load(f)["map"] == pytest.approx(1.0)
     # shifted boxes (IoU well under 0.5) score 0
     shifted = dict(evaluator.run(lambda b: [c.replace("'Position': [", "'Position': [9")
@@ -163,8 +163,10 @@ def test_classification_exact_and_reference_matching(tmp_path):
     metrics = dict(evaluator.run(lambda batch: [answers[next(order)] for _ in batch]))
     assert metrics["classification/accuracy"] == pytest.approx(2 / 6)
     assert metrics["classification/accuracy_reference"] == pytest.approx(4 / 6)
-    records = json.load(open(tmp_path / "eval" / "classification_predictions.json"))
+    records = json.load(open(tmp_path / "classification_predictions.json"))
     assert [r["exact"] for r in records] == [True, True, False, False, False, False]
+    written = json.load(open(tmp_path / "classification_metrics.json"))
+    assert written["accuracy"] == pytest.approx(2 / 6)
 
 
 def test_grounding_miou_and_accuracy(tmp_path):
@@ -202,7 +204,7 @@ def test_make_evaluators_for_the_demo_and_coco(tmp_path):
     solution_of = {e.example_id: e for e in _examples(evaluator.source)}
     metrics = dict(evaluator.run(lambda b: _oracle([solution_of[e.example_id] for e in b])))
     assert metrics["detection/map"] == pytest.approx(1.0)
-    assert os.path.exists(tmp_path / "eval" / "detection_results.json")
+    assert os.path.exists(tmp_path / "detection_results.json")
 
 
 def test_solution_format_round_trip():

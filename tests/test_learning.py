@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from vrft_jax import optim, sharding, steps, train
+from vrft_jax import evaluation, optim, sharding, steps, train
 from vrft_jax.data import make_source
 from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.inputs import PromptProcessor
@@ -63,13 +63,13 @@ def grpo_arm(setup, sign, workdir):
         state, _, _ = train.grpo_step(
             config, state, next(it), processor, fns, generate, None, mesh, rng, timer
         )
-    return train.run_evals(config, str(workdir), processor, generate(state["params"]), "arm")
+    return evaluation.run_evals(config, str(workdir), processor, generate(state["params"]), "arm")
 
 
 def test_grpo_beats_flipped_sign_from_same_warm_start(setup, tmp_path):
     config, processor, _, generate, _, _, _, _, warm_params = setup
     key = "sampled/total_mean"
-    start = train.run_evals(
+    start = evaluation.run_evals(
         config, str(tmp_path), processor, generate(jax.device_put(warm_params)), "start"
     )[key]
     up = grpo_arm(setup, 1.0, tmp_path)[key]

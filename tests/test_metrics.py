@@ -44,7 +44,8 @@ def test_metrics_jsonl_and_tensorboard(tmp_path):
         )
     first, second = (json.loads(line) for line in lines)
     assert first == {"step": 1, "loss": 0.5, "reward/mean": 1.25, "n": 3}
-    assert second["step"] == 2 and math.isnan(second["loss"]) and second["hist"] == [0, 1, 2]
+    # Strict JSON: NaN is null, with what it was named in the row's "nonfinite" field.
+    assert second == {"step": 2, "loss": None, "hist": [0, 1, 2], "nonfinite": {"loss": "NaN"}}
     sample = json.loads((tmp_path / "samples.jsonl").read_text())
     assert sample == {"step": 2, "prompt": "p", "completion": "<answer>x</answer>",
                       "rewards": {"f": 1.0}}  # fmt: skip
@@ -61,6 +62,36 @@ def test_resumed_writer_appends(tmp_path):
             writer.write(step, {"x": step})
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_resumed_writer_drops_rows_after_the_resume_step(tmp_path):
+    with metrics.MetricsWriter(str(tmp_path), enabled=True) as writer:
+        for step in (1, 2, 3, 4):  # a run killed after step 4, its last checkpoint at step 2
+            writer.write(step, {"x": step})
+            writer.write_samples(step, [{"prompt": "p", "completion": "c", "rewards": {}}])
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "x"')  # torn by the kill
+    with metrics.MetricsWriter(str(tmp_path), enabled=True, resume_step=2) as writer:
+        writer.write(3, {"x": 30})
+    steps = [row["step"] for row in metrics.read_jsonl(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2, 3]
+    assert [row["step"] for row in metrics.read_jsonl(tmp_path / "samples.jsonl")] == [1, 2]
+
+
+def test_strict_json_names_every_non_finite_value():
+    value = {"a": math.nan, "b": [1.0, {"c": -math.inf}], "d": np.float32(math.inf), "e": 2}
+    text = metrics.dumps(value)
+
+    def reject(token):  # json.loads calls this for the non-standard NaN / Infinity tokens
+        raise AssertionError(f"{token} in {text}")
+
+    assert json.loads(text, parse_constant=reject) == {
+        "a": None,
+        "b": [1.0, {"c": None, "nonfinite": {"c": "-Infinity"}}],
+        "d": None,
+        "e": 2,
+        "nonfinite": {"a": "NaN", "d": "Infinity"},
+    }
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

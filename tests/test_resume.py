@@ -104,17 +104,20 @@ def _finish(proc, timeout=300):
     return proc.returncode, out, err
 
 
-def _metrics_by_step(workdir) -> dict:
-    """{step: metrics without timing}; a step run twice (after a kill) keeps its last line."""
-    rows = {}
+def _rows(workdir) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if any(k.startswith("eval/") for k in row):
-                continue
-            rows[row.pop("step")] = {
-                k: v for k, v in row.items() if k not in TIMING_KEYS and not k.startswith("time/")
-            }
+        return [json.loads(line) for line in f]
+
+
+def _metrics_by_step(workdir) -> dict:
+    """{step: metrics without timing} of the train rows."""
+    rows = {}
+    for row in _rows(workdir):
+        if any(k.startswith("eval/") for k in row):
+            continue
+        rows[row.pop("step")] = {
+            k: v for k, v in row.items() if k not in TIMING_KEYS and not k.startswith("time/")
+        }
     return rows
 
 
@@ -156,13 +159,13 @@ def test_killed_and_preempted_run_ends_like_an_uninterrupted_one(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     killed_after = max(_logged_steps(run_dir))
 
-    # 2. Restart: resumes from the last checkpoint. SIGTERM once it logs step TOTAL - 1: it
-    #    finishes the step in flight (normally the last one), saves it, says why it stopped and
-    #    exits 0.
-    lines_before = len(_logged_steps(run_dir))
+    # 2. Restart: resumes from the last checkpoint (metrics.jsonl drops the rows after it).
+    #    SIGTERM once it logs step TOTAL - 1: it finishes the step in flight (normally the last
+    #    one), saves it, says why it stopped and exits 0.
+    saved = [p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+    resumed_from = max((int(p.name) for p in saved if (p / "state").is_dir()), default=0)
     proc = _start(run_dir)
-    _wait_for_step(proc, run_dir, TOTAL - 1, after=lines_before)
-    resumed_from = _logged_steps(run_dir)[lines_before] - 1
+    _wait_for_step(proc, run_dir, TOTAL - 1, after=resumed_from)
     time.sleep(0.3)  # into the last step (about 1-2 s), so that no fourth start is needed
     proc.send_signal(signal.SIGTERM)
     rc, out, err = _finish(proc)
@@ -183,6 +186,8 @@ def test_killed_and_preempted_run_ends_like_an_uninterrupted_one(tmp_path):
     rc, out, err = _finish(reference)
     assert rc == 0, err[-4000:]
 
+    train_steps = [r["step"] for r in _rows(run_dir) if "loss" in r]
+    assert train_steps == list(range(1, TOTAL + 1))  # each step once, despite the kill
     ref_metrics, run_metrics = _metrics_by_step(ref_dir), _metrics_by_step(run_dir)
     assert sorted(ref_metrics) == list(range(1, TOTAL + 1)) == sorted(run_metrics)
     for step in ref_metrics:

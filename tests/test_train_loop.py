@@ -59,8 +59,11 @@ def test_two_step_run_writes_metrics_tensorboard_checkpoint(trained):
 
 
 def test_eval_only_run(trained):
-    # total_steps=0 in the same workdir restores the checkpoint and only evaluates.
+    # total_steps=0 in the same workdir restores the checkpoint and only evaluates: recorded as
+    # "eval" at the checkpoint's step, next to the training run's evaluations.
     run_main(trained, "--config.total_steps=0")
     results = json.loads((trained / "results.json").read_text())
-    assert set(results["evaluations"]) == {"final"}
-    assert 0.0 <= results["evaluations"]["final"]["reward/total_mean"] <= 2.0
+    assert list(results["evaluations"]) == ["final", "eval"]
+    evaluation = results["evaluations"]["eval"]
+    assert evaluation["step"] == 2 and 0.0 <= evaluation["reward/total_mean"] <= 2.0
+    assert (trained / "eval" / "eval" / "classification_metrics.json").exists()

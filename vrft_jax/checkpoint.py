@@ -157,6 +157,13 @@ def resolve_init_source(workdir, config) -> tuple[str, str]:
     return "random", ""
 
 
+def latest_step(workdir) -> int | None:
+    """The latest finished checkpoint step in WORKDIR/checkpoints (None if none), read from the
+    folder names alone (no Orbax manager, nothing written)."""
+    steps = _finished_steps(epath.Path(workdir) / CHECKPOINT_SUBDIR)
+    return steps[-1] if steps else None
+
+
 def _finished_steps(directory: epath.Path) -> list[int]:
     """Step numbers of finished checkpoints in `directory` (Orbax's temporary folders skipped)."""
     if not directory.is_dir():

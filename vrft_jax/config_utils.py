@@ -101,11 +101,16 @@ def check_json_files(folder: str) -> None:
 
 
 def write_config_json(config, workdir: str) -> str:
-    """Writes the resolved config to `workdir/config.json` and returns the file path."""
+    """Writes the resolved config to `workdir/config.json` and returns the file path. The same
+    config already there is left untouched (re-running a finished run changes no file)."""
     path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=2) + "\n"
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return path
     with open(path, "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
-        f.write("\n")
+        f.write(text)
     return path
 
 

@@ -4,32 +4,33 @@ Files in the workdir (written by process 0 only):
   metrics.jsonl  one {"step": s, name: value, ...} per write, flushed at once (survives a crash)
   samples.jsonl  one {"step": s, "prompt": ..., "completion": ..., "rewards": ...} per completion
   tb/            TensorBoard event files (tensorboardX; no TensorFlow needed)
-Files are opened in append mode, so a resumed run continues them. Non-finite floats are written as
-NaN / Infinity (Python's json reads them back), so a diverging run stays visible.
+Files are opened in append mode, so a resumed run continues them; `MetricsWriter(workdir,
+resume_step=s)` first drops the rows after step `s` (written by a run killed after its last
+checkpoint), so every step appears once. JSON is strict (`strict_json`): a non-finite float is
+written as null and named in the row's "nonfinite" field ({"loss": "NaN"}), so a diverging run
+stays visible and every JSON parser reads the files.
 """
 
 import collections
 import contextlib
-import json
 import os
 import time
 
 import jax
-import numpy as np
 
+from vrft_jax.jsonio import dumps, read_jsonl, strict_json, to_python, truncate_jsonl
 
-def to_python(value):
-    """jax / numpy scalars and arrays -> float, int, bool or nested lists (JSON-ready)."""
-    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-        value = np.asarray(value)
-        return value.item() if value.size == 1 else value.tolist()
-    return value
+__all__ = ["MetricsWriter", "Timer", "dumps", "read_jsonl", "strict_json", "to_python",
+           "truncate_jsonl"]  # fmt: skip
 
 
 class MetricsWriter:
-    """`write(step, {name: scalar})` and `write_samples(step, rows)` into `workdir`."""
+    """`write(step, {name: scalar})` and `write_samples(step, rows)` into `workdir`.
 
-    def __init__(self, workdir, enabled=None):
+    resume_step: the step the run continues from; rows after it are dropped first (None: keep all).
+    """
+
+    def __init__(self, workdir, enabled=None, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = workdir
         if not self.enabled:
@@ -37,8 +38,13 @@ class MetricsWriter:
         os.makedirs(workdir, exist_ok=True)
         import tensorboardX  # imported here so non-writing processes never touch it
 
-        self._metrics = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self._samples = open(os.path.join(workdir, "samples.jsonl"), "a")
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        samples_path = os.path.join(workdir, "samples.jsonl")
+        if resume_step is not None:
+            for path in (metrics_path, samples_path):
+                truncate_jsonl(path, resume_step)
+        self._metrics = open(metrics_path, "a")
+        self._samples = open(samples_path, "a")
         self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step, metrics):
@@ -46,7 +52,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         values = {name: to_python(v) for name, v in metrics.items()}
-        self._metrics.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._metrics.write(dumps({"step": int(step), **values}) + "\n")
         self._metrics.flush()
         for name, v in values.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -62,7 +68,7 @@ class MetricsWriter:
             row = {k: to_python(v) for k, v in row.items()}
             if isinstance(row.get("rewards"), dict):
                 row["rewards"] = {k: to_python(v) for k, v in row["rewards"].items()}
-            self._samples.write(json.dumps({"step": int(step), **row}) + "\n")
+            self._samples.write(dumps({"step": int(step), **row}) + "\n")
             lines.append(f"**rewards** {row.get('rewards')}\n\n```\n{row.get('completion')}\n```")
         self._samples.flush()
         self._tb.add_text("samples", "\n\n---\n\n".join(lines), int(step))

@@ -2,7 +2,9 @@
 
 Cloud TPU and most schedulers send SIGTERM some seconds before killing a preemptible VM. Instead of
 dying mid-step, the loop asks `guard.should_stop(step)` after every step; once it says True the
-loop saves (forced), waits for the save, prints why it stopped and returns normally.
+loop saves (forced), waits for the save, prints why it stopped and returns normally. The trainer
+holds the guard for the whole run, so a SIGTERM while loading, during the SFT warm-up or an
+evaluation is seen too (`guard.requested()` between units of work; `phase_message`).
 
 Multi-host: every host must stop at the same step, or the collective save would hang. When
 `jax.distributed` runs with JAX's preemption service (the default), JAX itself catches SIGTERM on
@@ -41,6 +43,7 @@ class PreemptionGuard:
         self._previous = {}
         self._multihost = jax.process_count() > 1
         self._use_sync_point = self._multihost and _preemption_service_running()
+        self._checks = 0  # sync-point ids: one per check, the same sequence on every host
         if self._use_sync_point:
             return  # JAX's own notifier owns SIGTERM; installing ours would hide it
         if threading.current_thread() is not threading.main_thread():
@@ -57,8 +60,15 @@ class PreemptionGuard:
 
     def should_stop(self, step: int) -> bool:
         """True when the loop should save and exit after `step`. Call it after every step."""
+        del step  # every host calls this in the same order; the check count is the sync id
+        return self.requested()
+
+    def requested(self) -> bool:
+        """True once a stop was requested on any host; every host must call it at the same
+        points (between steps, warm-up steps or evaluation batches)."""
+        self._checks += 1
         if self._use_sync_point:
-            stop = multihost_utils.reached_preemption_sync_point(step)
+            stop = multihost_utils.reached_preemption_sync_point(self._checks)
             if stop and self.signal_name is None:
                 self.signal_name = "preemption notice"
             return stop
@@ -75,6 +85,14 @@ class PreemptionGuard:
         return (
             f"Stopped by {self.signal_name or 'a stop request'} after step {step}; checkpoint "
             f"saved in {saved_dir}. Run the same command again to resume."
+        )
+
+    def phase_message(self, phase: str, saved: str) -> str:
+        """The message for a stop outside the train loop: `phase` (e.g. "the SFT warm-up, after
+        step 3 of 8"), `saved`: what was saved and where, or why nothing was."""
+        return (
+            f"Stopped by {self.signal_name or 'a stop request'} during {phase}; {saved}. "
+            "Run the same command again to resume."
         )
 
     def close(self) -> None:

@@ -1,18 +1,21 @@
 """The training run: `run(config, workdir)` does Visual-RFT (GRPO) or the SFT baseline end to end.
 
-Reads top to bottom: mesh -> processor -> model (checkpoint.resolve_init_source: workdir
-checkpoint > config.resume > config.model_init > random preset) -> optimizer and train state ->
-optional SFT warm-up (config.sft.warmup_steps; the GRPO reference model is the warmed-up one) ->
-data pipeline with a resumable position -> checkpoints + SIGTERM guard -> the loop -> final
-evaluation.
+Reads top to bottom: a finished run? (say so, touch nothing) -> SIGTERM guard for the whole run
+-> mesh -> processor -> model (checkpoint.resolve_init_source: workdir checkpoint > config.resume
+> config.model_init > random preset) -> optimizer and train state -> files continued from the
+resumed step -> optional SFT warm-up (config.sft.warmup_steps, checkpointed in workdir/warmup/;
+the GRPO reference model is the warmed-up one) -> data pipeline with a resumable position -> the
+loop -> final evaluation. Evaluations: vrft_jax.evaluation; results.json, the table and the reward
+curve: vrft_jax.results. A SIGTERM outside the loop raises RunStopped once what can be saved is.
 
 Each GRPO step: rollout (sampler, G per prompt) -> rewards -> advantages -> reference log-probs
 (beta != 0) -> old log-probs (mu > 1) -> mu jitted updates. Files in the workdir: metrics.jsonl,
-samples.jsonl, tb/, checkpoints/, eval/, and results.json + reward_curve.png (evaluations: before
-training when config.eval_at_start, after the warm-up, at the end).
+samples.jsonl, tb/, checkpoints/, warmup/, eval/<tag>/, and results.json + reward_curve.png
+(evaluations: before training when config.eval_at_start, after the warm-up, every eval_every
+steps, at the end).
 """
 
-import json
+import contextlib
 import os
 import time
 
@@ -23,19 +26,20 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from vrft_jax import checkpoint, optim, rewards, sampler, sharding, steps
+from vrft_jax import checkpoint, optim, sampler, sharding, steps
 from vrft_jax.data import make_source
 from vrft_jax.data.pipeline import Pipeline
-from vrft_jax.evals import make_evaluators
-from vrft_jax.evals.predict import make_predict_fn
+from vrft_jax.evaluation import EvaluationStopped, run_evals
 from vrft_jax.inputs import PromptProcessor
 from vrft_jax.metrics import MetricsWriter, Timer
 from vrft_jax.models import compile_count as model_compile_count
 from vrft_jax.models import get_preset, random_qwen2_vl
 from vrft_jax.preemption import PreemptionGuard
+from vrft_jax.results import Results, report
 from vrft_jax.rollout import encode_prompts, make_rollout
 
 TRAINERS = ("grpo", "sft")  # config.trainer
+WARMUP_DIR = "warmup"  # workdir/warmup/checkpoints: the SFT warm-up's state (stopped or finished)
 
 
 class NonFiniteError(RuntimeError):
@@ -48,7 +52,23 @@ def run(config, workdir: str) -> dict:
     if config.trainer not in TRAINERS:
         raise ValueError(f"config.trainer={config.trainer!r}: expected one of {TRAINERS}")
     checkpoint.check_workdir(workdir)
+    total_steps = int(config.total_steps)
+    results = Results(workdir, writer=jax.process_index() == 0)
+    done = finished_message(workdir, total_steps, results)
+    if done:  # re-running a finished command: say so, touch nothing
+        print(done)
+        return {"finished": True, "evaluations": results.evaluations}
+    with contextlib.ExitStack() as closing:
+        # Held for the whole run: SIGTERM while loading, warming up or evaluating is seen too.
+        guard = closing.enter_context(PreemptionGuard())
+        try:
+            return _run(config, workdir, total_steps, results, guard, closing, t_start)
+        except RunStopped as stop:
+            print(stop)
+            return {"stopped": str(stop)}
 
+
+def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict:
     # ---- Mesh, processor, model -----------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.make_rules(config.mesh_rules)
@@ -60,25 +80,16 @@ def run(config, workdir: str) -> dict:
     logging.info("model from %s %s", init_source, init_path)
 
     # ---- Optimizer and train state --------------------------------------------------------------
-    total_steps = int(config.total_steps)
     tx, schedule = optim.make_optimizer(config.optim, max(total_steps, 1), params_state)
     state, state_shardings = steps.make_train_state(params_state, tx, mesh, rules, seed=config.seed)
     fns = steps.TrainSteps(graphdef, config, tx, schedule, state_shardings)
     generate_fn = make_generate_fn(graphdef, model_config, config)
 
-    # ---- Evaluation -----------------------------------------------------------------------------
-    evaluations = {}  # tag -> metrics
-
-    def evaluate(tag, params):
-        metrics = run_evals(config, workdir, processor, generate_fn(params), tag)
-        evaluations[tag] = metrics
-        logging.info("eval %s: %s", tag, metrics)
-        return metrics
-
     # ---- Checkpoints and resume -----------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(
         workdir, every=config.ckpt.every, keep=config.ckpt.keep, async_save=config.ckpt.async_save
     )
+    closing.callback(ckpt.close)
     init_state, extra = state, {}
     abstract = checkpoint.abstract_like(state, state_shardings)
     if init_source == "workdir":
@@ -87,32 +98,53 @@ def run(config, workdir: str) -> dict:
         state, _ = checkpoint.restore_checkpoint(init_path, abstract)  # not its data position
     resumed = init_source in ("workdir", "resume")
     start = int(state["step"])
+    if guard.requested():
+        raise RunStopped(guard.phase_message("loading", f"nothing new to save ({_kept(ckpt)})"))
 
-    writer = MetricsWriter(workdir)
+    # ---- Files (a resumed run continues them from its step) and evaluation ---------------------
+    results.drop_after(start)
+    writer = closing.enter_context(MetricsWriter(workdir, resume_step=start))
+
+    def evaluate(tag, step, state, extra):
+        """Evaluates state["params"]; a stop request saves `state` (a train step's) first."""
+        try:
+            metrics = run_evals(
+                config, workdir, processor, generate_fn(state["params"]), tag,
+                should_stop=guard.requested,
+            )  # fmt: skip
+        except EvaluationStopped:
+            saved = _save_before_stop(ckpt, step, state, extra)
+            raise RunStopped(guard.phase_message(f"the evaluation '{tag}'", saved)) from None
+        results.add(tag, step, metrics, time.time() - t_start)
+        if tag not in ("before", "after_sft"):
+            writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+        logging.info("eval %s: %s", tag, metrics)
+        return metrics
+
     if total_steps == 0:
-        final = evaluate("final", state["params"])
-        writer.write(start, {f"eval/{k}": v for k, v in final.items()})
-        writer.close()
-        ckpt.close()
-        write_results(workdir, evaluations, [], time.time() - t_start)
-        return {f"eval/{k}": v for k, v in final.items()}
+        final = evaluate("eval", start, state, extra)
+        return _finish(workdir, results, t_start, {}, final)
 
     # ---- SFT warm-up (GRPO's starting point and reference; not a checkpointed step) -------------
-    if config.eval_at_start and not resumed:
-        evaluate("before", state["params"])
+    if config.eval_at_start and not resumed and not results.has("before", 0):
+        evaluate("before", 0, state, None)
     warm = config.trainer == "grpo" and config.sft.warmup_steps > 0
     # The reference is the initial model, also on resume (never the restored weights).
     start_params = init_state["params"]
     if warm and not resumed:
-        state = sft_warmup(config, processor, graphdef, params_state, mesh, rules, state, fns)
+        state = sft_warmup(
+            config, processor, graphdef, params_state, mesh, rules, state, fns,
+            workdir=workdir, guard=guard,
+        )  # fmt: skip
         start_params = state["params"]
-        if config.eval_at_start:
-            evaluate("after_sft", state["params"])
+        if config.eval_at_start and not results.has("after_sft", 0):
+            evaluate("after_sft", 0, state, None)
     elif warm and config.grpo.beta != 0:
-        # The warm-up is deterministic: rerun it from the initial weights to rebuild the reference.
+        # From workdir/warmup/, or the deterministic warm-up is rerun from the initial weights.
         start_params = sft_warmup(
-            config, processor, graphdef, params_state, mesh, rules, init_state, fns
-        )["params"]
+            config, processor, graphdef, params_state, mesh, rules, init_state, fns,
+            workdir=workdir,
+        )["params"]  # fmt: skip
     ref_params = None
     if config.trainer == "grpo" and config.grpo.beta != 0:
         # A copy (never an alias of the donated train params), in the reference dtype.
@@ -136,82 +168,121 @@ def run(config, workdir: str) -> dict:
     data_iter = iter(pipeline)
     if "data" in extra:
         data_iter.set_state(extra["data"])
+    tag = f"step_{start}"  # due at the resumed step, but the stopped run did not finish it
+    if resumed and _eval_due(config, start, total_steps) and not results.has(tag, start):
+        evaluate(tag, start, state, extra)
 
     # ---- The loop -------------------------------------------------------------------------------
-    guard = PreemptionGuard()
     timer = Timer()
-    history, last = [], {}
+    last = {}
     base_rng = jax.random.key(config.seed)
-    try:
-        bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train")
-        for step in bar:
-            t0 = time.perf_counter()
-            examples = next(data_iter)
-            rng = jax.random.fold_in(base_rng, step)
-            if config.trainer == "grpo":
-                state, metrics, rollout = grpo_step(
-                    config, state, examples, processor, fns, generate_fn, ref_params, mesh,
-                    rng, timer,
-                )  # fmt: skip
-            else:
-                with timer("update"):
-                    batch = sft_batch(processor, examples, config)
-                    state, m = fns.update_sft(state, steps.place_batch(batch, mesh))
-                    metrics = steps.host_metrics(m)
-                    tokens = float(batch["completion_mask"].sum())
-                rollout = None
-            elapsed = time.perf_counter() - t0
-            tokens = float(rollout.completion_mask.sum()) if rollout is not None else tokens
-            metrics.update(timer.splits())
-            metrics.update(
-                step_time=elapsed,
-                tokens_per_s=tokens / max(elapsed, 1e-9),
-                compile_count=fns.compiles + sampler.compile_count() + model_compile_count(),
+    bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train")
+    for step in bar:
+        t0 = time.perf_counter()
+        examples = next(data_iter)
+        rng = jax.random.fold_in(base_rng, step)
+        if config.trainer == "grpo":
+            state, metrics, rollout = grpo_step(
+                config, state, examples, processor, fns, generate_fn, ref_params, mesh,
+                rng, timer,
+            )  # fmt: skip
+        else:
+            with timer("update"):
+                batch = sft_batch(processor, examples, config)
+                state, m = fns.update_sft(state, steps.place_batch(batch, mesh))
+                metrics = steps.host_metrics(m)
+                tokens = float(batch["completion_mask"].sum())
+            rollout = None
+        elapsed = time.perf_counter() - t0
+        tokens = float(rollout.completion_mask.sum()) if rollout is not None else tokens
+        metrics.update(timer.splits())
+        metrics.update(
+            step_time=elapsed,
+            tokens_per_s=tokens / max(elapsed, 1e-9),
+            compile_count=fns.compiles + sampler.compile_count() + model_compile_count(),
+        )
+        last = metrics
+        if (step + 1) % config.log_every == 0:
+            writer.write(step + 1, metrics)
+        if rollout is not None and config.sample_every and (step + 1) % config.sample_every == 0:
+            writer.write_samples(step + 1, sample_rows(rollout, config.num_logged_samples))
+        bar.set_postfix(reward=f"{metrics.get('reward/total_mean', 0.0):.3f}",
+                        loss=f"{metrics['loss']:.3f}")  # fmt: skip
+        if metrics["nonfinite_in_row"] >= config.optim.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{int(metrics['nonfinite_in_row'])} optimizer steps in a row had a non-finite "
+                f"loss or gradient (config.optim.max_nonfinite_steps="
+                f"{config.optim.max_nonfinite_steps}); stopped at step {step + 1}. Lower "
+                "config.optim.lr or check the data; the last good checkpoint is in "
+                f"{ckpt.directory}."
             )
-            history.append({"step": step + 1, **metrics})
-            last = metrics
-            if (step + 1) % config.log_every == 0:
-                writer.write(step + 1, metrics)
-            if (
-                rollout is not None
-                and config.sample_every
-                and (step + 1) % config.sample_every == 0
-            ):
-                writer.write_samples(step + 1, sample_rows(rollout, config.num_logged_samples))
-            bar.set_postfix(reward=f"{metrics.get('reward/total_mean', 0.0):.3f}",
-                            loss=f"{metrics['loss']:.3f}")  # fmt: skip
-            if metrics["nonfinite_in_row"] >= config.optim.max_nonfinite_steps:
-                raise NonFiniteError(
-                    f"{int(metrics['nonfinite_in_row'])} optimizer steps in a row had a non-finite "
-                    f"loss or gradient (config.optim.max_nonfinite_steps="
-                    f"{config.optim.max_nonfinite_steps}); stopped at step {step + 1}. Lower "
-                    "config.optim.lr or check the data; the last good checkpoint is in "
-                    f"{ckpt.directory}."
-                )
-            extra = {"data": data_iter.get_state(), "trainer": config.trainer}
-            ckpt.save(step + 1, state, extra)
-            if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
-                ev = evaluate(f"step_{step + 1}", state["params"])
-                writer.write(step + 1, {f"eval/{k}": v for k, v in ev.items()})
-            if guard.should_stop(step + 1):
-                ckpt.save(step + 1, state, extra, force=True)
-                ckpt.close()
-                print(guard.stop_message(step + 1, str(ckpt.directory)))
-                return {**last, "stopped_at": step + 1}
-        ckpt.save(total_steps, state, {"data": data_iter.get_state()}, force=True)
+        extra = {"data": data_iter.get_state(), "trainer": config.trainer}
+        ckpt.save(step + 1, state, extra)
+        if _eval_due(config, step + 1, total_steps):
+            evaluate(f"step_{step + 1}", step + 1, state, extra)
+        if guard.should_stop(step + 1):
+            ckpt.save(step + 1, state, extra, force=True)
+            ckpt.close()
+            print(guard.stop_message(step + 1, str(ckpt.directory)))
+            return {**last, "stopped_at": step + 1}
+    end = max(start, total_steps)
+    extra = {"data": data_iter.get_state()}
+    ckpt.save(end, state, extra, force=True)
 
-        # ---- Final evaluation -------------------------------------------------------------------
-        final = evaluate("final", state["params"])
-        writer.write(total_steps, {f"eval/{k}": v for k, v in final.items()})
-    finally:
-        guard.close()
-        ckpt.close()
-        writer.close()
+    # ---- Final evaluation -----------------------------------------------------------------------
+    final = evaluate("final", end, state, extra)
+    return _finish(workdir, results, t_start, last, final)
+
+
+class RunStopped(Exception):
+    """A stop request (SIGTERM) outside the train loop; the message says what was saved."""
+
+
+def _save_before_stop(ckpt, step, state, extra) -> str:
+    """Saves a train step's state (extra is None for the initial or warmed-up state, which
+    are rebuilt on resume) and says what was saved."""
+    if extra is None or step == 0:
+        return (
+            "nothing new to save (the evaluated weights are rebuilt on resume: the initial ones, "
+            f"or the SFT warm-up's result in {WARMUP_DIR}/); the evaluation runs again"
+        )
+    ckpt.save(step, state, extra, force=True)
+    ckpt.wait()
+    return f"checkpoint of step {step} saved in {ckpt.directory}; the evaluation runs again"
+
+
+def finished_message(workdir, total_steps, results) -> str | None:
+    """A message when `workdir` holds this run finished (checkpoint at or past total_steps and
+    its final evaluation), else None. Read from the files alone, before any model is built."""
+    latest = checkpoint.latest_step(workdir)
+    if total_steps == 0 or latest is None or latest < total_steps:
+        return None
+    if not results.has("final", latest):
+        return None  # stopped during the final evaluation: redo it
+    return (
+        f"This run is already finished: {workdir} holds its step-{latest} checkpoint and final "
+        f"evaluation (config.total_steps={total_steps}). Nothing to do; no file was changed. "
+        "Raise --config.total_steps to train further, or choose another --workdir."
+    )
+
+
+def _eval_due(config, step, total_steps) -> bool:
+    return bool(config.eval_every) and step % config.eval_every == 0 and 0 < step < total_steps
+
+
+def _kept(ckpt) -> str:
+    latest = ckpt.latest_step()
+    return "no checkpoint yet" if latest is None else f"the step-{latest} checkpoint is kept"
+
+
+def _finish(workdir, results, t_start, last, final) -> dict:
+    """Prints the results table and draws the reward curve; the run's return value."""
     wall = time.time() - t_start
-    write_results(workdir, evaluations, history, wall)
+    if jax.process_index() == 0:
+        report(workdir, results.evaluations, results.wall_before + wall)
     out = dict(last)
     out.update({f"eval/{k}": v for k, v in final.items()})
-    out["evaluations"] = evaluations
+    out["evaluations"] = {tag: results.metrics_of(tag) for tag in results.evaluations}
     out["wall_s"] = wall
     return out
 
@@ -330,15 +401,41 @@ def sft_batch(processor, examples, config) -> dict:
     return batch
 
 
-def sft_warmup(config, processor, graphdef, params_state, mesh, rules, state, fns):
+def sft_warmup(
+    config, processor, graphdef, params_state, mesh, rules, state, fns, *, workdir="", guard=None
+):
     """config.sft.warmup_steps supervised steps with their own constant-lr AdamW, from `state`'s
-    params. Uses its own data stream (seed + 1), so GRPO's data position is unaffected."""
+    params. Uses its own data stream (seed + 1), so GRPO's data position is unaffected.
+
+    With `workdir`: a stop (`guard.requested()` after a step) saves the warm-up's state and data
+    position in workdir/warmup/checkpoints and raises RunStopped; the end saves the final
+    params there. A later call continues from the saved step, or returns the saved final params
+    without recomputing them (a resumed run rebuilding its reference model).
+    """
+    n = config.sft.warmup_steps
     warm_cfg = config.optim.copy_and_resolve_references()
     warm_cfg.lr = config.sft.lr or config.optim.lr
     warm_cfg.schedule, warm_cfg.warmup_steps = "constant", 0
-    tx, schedule = optim.make_optimizer(warm_cfg, config.sft.warmup_steps, params_state)
+    tx, schedule = optim.make_optimizer(warm_cfg, n, params_state)
     warm_state, shardings = steps.make_train_state(params_state, tx, mesh, rules, config.seed)
     warm_state["params"] = state["params"]
+    ckpt = None
+    done, data_state = 0, None
+    if workdir:
+        ckpt = checkpoint.Checkpointer(
+            os.path.join(workdir, WARMUP_DIR), every=0, keep=1, async_save=False
+        )
+        done = ckpt.latest_step() or 0
+    if done == n:  # finished earlier: only its params were kept
+        params = {"params": warm_state["params"]}
+        saved, _ = ckpt.restore(checkpoint.abstract_like(params, {"params": shardings["params"]}))
+        ckpt.close()
+        logging.info("sft warm-up: done before; its params from %s", ckpt.directory)
+        return dict(state, params=saved["params"])
+    if done:  # stopped earlier: continue from the saved state and data position
+        warm_state, extra = ckpt.restore(checkpoint.abstract_like(warm_state, shardings))
+        data_state = extra["data"]
+        print(f"sft warm-up: continuing after step {done} of {n}")
     warm_fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings)
     source = make_source(config.data, "train", config.seed + 1)
     it = iter(
@@ -348,130 +445,25 @@ def sft_warmup(config, processor, graphdef, params_state, mesh, rules, state, fn
             process_index=0, process_count=1,
         )
     )  # fmt: skip
-    for _ in tqdm(range(config.sft.warmup_steps), desc="sft warm-up"):
-        batch = steps.place_batch(sft_batch(processor, next(it), config), mesh)
-        warm_state, metrics = warm_fns.update_sft(warm_state, batch)
-    logging.info("sft warm-up done: loss %.4f", float(metrics["loss"]))
-    print(f"sft warm-up: final loss {float(metrics['loss']):.4f}")
+    if data_state is not None:
+        it.set_state(data_state)
+    try:
+        for k in tqdm(range(done, n), initial=done, total=n, desc="sft warm-up"):
+            batch = steps.place_batch(sft_batch(processor, next(it), config), mesh)
+            warm_state, metrics = warm_fns.update_sft(warm_state, batch)
+            if guard is not None and k + 1 < n and guard.requested():
+                saved = "nothing saved (no workdir)"
+                if ckpt is not None:
+                    ckpt.save(k + 1, warm_state, {"data": it.get_state()}, force=True)
+                    saved = f"its state is saved in {ckpt.directory}"
+                phase = f"the SFT warm-up, after step {k + 1} of {n}"
+                raise RunStopped(guard.phase_message(phase, saved))
+        logging.info("sft warm-up done: loss %.4f", float(metrics["loss"]))
+        print(f"sft warm-up: final loss {float(metrics['loss']):.4f}")
+        if ckpt is not None:
+            ckpt.save(n, {"params": warm_state["params"]}, {}, force=True)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
     fns.compiles += warm_fns.compiles
     return dict(state, params=warm_state["params"])
-
-
-# ---- Evaluation ----------------------------------------------------------------------------------
-
-
-def run_evals(config, workdir, processor, generate, tag) -> dict:
-    """The config's evaluators with greedy decoding, plus the held-out mean of each reward."""
-
-    def greedy(input_ids, attention_mask, pixel_values, image_grid_thw):
-        out = generate(
-            input_ids, attention_mask, pixel_values, image_grid_thw,
-            max_new_tokens=config.eval.max_new_tokens, temperature=0.0,
-            eos_token_ids=processor.special.eos, pad_token_id=processor.special.pad,
-        )  # fmt: skip
-        return out.tokens, out.mask
-
-    base = make_predict_fn(processor, greedy)
-    seen = []
-
-    def predict(examples):
-        texts = base(examples)
-        seen.extend((e, t) for e, t in zip(examples, texts))
-        return texts
-
-    metrics = {}
-    for evaluator in make_evaluators(config, os.path.join(workdir, "eval", tag)):
-        metrics.update(evaluator.run(predict))
-    if seen:
-        examples, texts = zip(*seen)
-        solutions = [e.solution for e in examples]
-        total, per = rewards.score(texts, solutions, config.rewards, config.reward)
-        metrics["reward/total_mean"] = float(np.mean(total))
-        metrics.update({f"reward/{k}": float(np.mean(v)) for k, v in per.items()})
-        if config.eval.num_samples > 0:
-            metrics.update(sampled_reward(config, processor, generate, examples))
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def sampled_reward(config, processor, generate, examples) -> dict:
-    """Held-out expected reward under the sampling policy (what GRPO maximises): each held-out
-    prompt gets config.eval.num_samples completions at config.sampler's temperature / top-k /
-    top-p. The RNG is fixed per batch, so evaluations of different parameters are comparable."""
-    k, size = config.eval.num_samples, config.eval.batch_size
-    texts, solutions = [], []
-    for i in range(0, len(examples), size):
-        chunk = examples[i : i + size]
-        batch = processor.encode_batch([([e.image], e.problem) for e in chunk])
-        out = generate(
-            **batch, max_new_tokens=config.sampler.max_new_tokens, num_samples=k,
-            temperature=config.sampler.temperature, top_k=config.sampler.top_k,
-            top_p=config.sampler.top_p, rng=jax.random.key(config.seed + 7919 + i),
-            eos_token_ids=processor.special.eos, pad_token_id=processor.special.pad,
-        )  # fmt: skip
-        texts += processor.decode(out.tokens, out.mask)
-        solutions += [e.solution for e in chunk for _ in range(k)]
-    total, per = rewards.score(texts, solutions, config.rewards, config.reward)
-    out = {"sampled/total_mean": float(np.mean(total))}
-    out.update({f"sampled/{name}": float(np.mean(v)) for name, v in per.items()})
-    return out
-
-
-# ---- Results table and reward curve --------------------------------------------------------------
-
-
-def _column_title(name: str) -> str:
-    """ "reward/format" -> "greedy:format" (greedy decoding), "sampled/format" -> "sampled:format"
-    (expected reward over sampled completions), "classification/accuracy" -> "accuracy"."""
-    group, _, metric = name.partition("/")
-    if group in ("reward", "sampled"):
-        return ("greedy:" if group == "reward" else "sampled:") + metric
-    return metric or name
-
-
-def results_table(evaluations: dict) -> str:
-    """Rows = evaluations in order, columns = metrics every evaluation has (accuracy, rewards)."""
-    if not evaluations:
-        return ""
-    names = [k for k in next(iter(evaluations.values())) if "num_examples" not in k]
-    names = [k for k in names if "bad_images" not in k]
-    names = [k for k in names if all(k in e for e in evaluations.values())]
-    titles = [_column_title(n) for n in names]
-    width = max(len(t) for t in evaluations) + 2
-    col = max(len(t) for t in titles) + 2
-    lines = ["".ljust(width) + "".join(t.rjust(col) for t in titles)]
-    for tag, metrics in evaluations.items():
-        lines.append(tag.ljust(width) + "".join(f"{metrics[n]:{col}.3f}" for n in names))
-    return "\n".join(lines)
-
-
-def write_results(workdir, evaluations, history, wall_s):
-    """results.json, the printed table, and reward_curve.png (train reward per step)."""
-    if jax.process_index() != 0:
-        return
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"evaluations": evaluations, "wall_s": wall_s}, f, indent=1)
-    table = results_table(evaluations)
-    if table:
-        print(f"\nHeld-out results, wall time {wall_s:.0f} s:\n{table}\n")
-    curve = [(h["step"], h["reward/total_mean"]) for h in history if "reward/total_mean" in h]
-    if curve:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        x, y = np.array(curve).T
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(x, y, alpha=0.4, label="train reward (per step)")
-        k = max(1, len(y) // 10)
-        ax.plot(x[k - 1 :], np.convolve(y, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
-        for tag, e in evaluations.items():
-            if "reward/total_mean" in e:
-                ax.axhline(e["reward/total_mean"], ls="--", lw=0.8, color="gray")
-                ax.annotate(f"held-out {tag}", (x[0], e["reward/total_mean"]), fontsize=7)
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel("mean total reward")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(workdir, "reward_curve.png"), dpi=100)
-        plt.close(fig)

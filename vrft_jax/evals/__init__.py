@@ -1,8 +1,10 @@
 """Evaluators: `run(predict_fn)` predicts every held-out example and yields (name, value).
 
 `predict_fn(examples) -> list[str]` maps a batch of `Example`s (images decoded) to completion
-texts; the trainer builds it from the sampler with greedy decoding. Predictions, results and
-metrics are written as JSON under `<workdir>/eval/`.
+texts; the trainer builds it from the sampler with greedy decoding. Each evaluator writes
+`<name>_predictions.json` and `<name>_metrics.json` (detection also the COCO `<name>_results.json`)
+into its `out_dir`; the trainer passes `<workdir>/eval/<tag>/` (tag: before, after_sft, step_N,
+final, eval).
 """
 
 from vrft_jax.evals.classification import ClassificationEvaluator
@@ -48,7 +50,7 @@ class _Subset:
         return self.source[self.indices[index]]
 
 
-def make_evaluators(config, workdir: str) -> list:
+def make_evaluators(config, out_dir: str) -> list:
     """The evaluators for config.data's held-out split, one per task present in it."""
     from vrft_jax.data import make_source
 
@@ -62,13 +64,13 @@ def make_evaluators(config, workdir: str) -> list:
     )
     task = _SOURCE_TASK.get(config.data.source)
     if task is not None:
-        return [_BY_TASK[task](source, workdir, name=task, **common)]
+        return [_BY_TASK[task](source, out_dir, name=task, **common)]
     # synthetic and rows may mix tasks: split by each example's task (from texts, no images).
     by_task = {}
     task_at = getattr(source, "task_at", None) or (lambda i: source[i].task)
     for i in range(len(source)):
         by_task.setdefault(task_at(i), []).append(i)
     return [
-        _BY_TASK[t](_Subset(source, idx), workdir, name=t, **common)
+        _BY_TASK[t](_Subset(source, idx), out_dir, name=t, **common)
         for t, idx in sorted(by_task.items())
     ]

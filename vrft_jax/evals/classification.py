@@ -32,14 +32,14 @@ class ClassificationEvaluator:
     def __init__(
         self,
         source,
-        workdir="",
+        out_dir="",
         *,
         name="classification",
         batch_size=16,
         num_workers=2,
         max_bad_fraction=0.01,
     ):
-        self.source, self.workdir, self.name = source, workdir, name
+        self.source, self.out_dir, self.name = source, out_dir, name
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_bad_fraction = max_bad_fraction
 
@@ -50,13 +50,19 @@ class ClassificationEvaluator:
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             max_bad_fraction=self.max_bad_fraction,
+            desc=f"eval {self.name}",
         )
         exact = [exact_correct(c, e.class_name) for e, c in zip(examples, completions)]
         loose = [reference_correct(c, e.class_name) for e, c in zip(examples, completions)]
         records = prediction_records(examples, completions, exact=exact, reference_match=loose)
-        write_json(self.workdir, f"{self.name}_predictions.json", records)
+        write_json(self.out_dir, f"{self.name}_predictions.json", records)
         n = max(len(examples), 1)
-        yield f"{self.name}/accuracy", sum(exact) / n
-        yield f"{self.name}/accuracy_reference", sum(loose) / n
-        yield f"{self.name}/num_examples", float(len(examples))
-        yield f"{self.name}/bad_images", float(bad)
+        metrics = {
+            "accuracy": sum(exact) / n,
+            "accuracy_reference": sum(loose) / n,
+            "num_examples": float(len(examples)),
+            "bad_images": float(bad),
+        }
+        write_json(self.out_dir, f"{self.name}_metrics.json", metrics)
+        for key, value in metrics.items():
+            yield f"{self.name}/{key}", value

@@ -4,11 +4,13 @@ Every host walks the whole evaluation source in the same order (no sharding), so
 `predict_fn` sees the same batches everywhere; only process 0 writes files.
 """
 
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+from tqdm import tqdm
+
+from vrft_jax import jsonio
 from vrft_jax.data.example import Example
 from vrft_jax.data.pipeline import Pipeline
 
@@ -30,8 +32,10 @@ def predict_all(
     batch_size: int,
     num_workers: int = 2,
     max_bad_fraction: float = 0.01,
+    desc: str = "eval",
 ) -> tuple[list[Example], list[str], int]:
-    """(examples without their decoded images, completions, number of skipped bad images)."""
+    """(examples without their decoded images, completions, number of skipped bad images).
+    A progress bar named `desc` counts the examples."""
     pipeline = Pipeline(
         source,
         batch_size=batch_size,
@@ -43,12 +47,14 @@ def predict_all(
         process_count=1,
     )
     examples, completions = [], []
-    for batch in pipeline:
-        texts = list(predict_fn(batch))
-        if len(texts) != len(batch):
-            raise ValueError(f"predict_fn returned {len(texts)} completions for {len(batch)}")
-        examples.extend(e.replace(image=None) for e in batch)
-        completions.extend(texts)
+    with tqdm(total=len(source), desc=desc, unit="ex", disable=not is_writer()) as bar:
+        for batch in pipeline:
+            texts = list(predict_fn(batch))
+            if len(texts) != len(batch):
+                raise ValueError(f"predict_fn returned {len(texts)} completions for {len(batch)}")
+            examples.extend(e.replace(image=None) for e in batch)
+            completions.extend(texts)
+            bar.update(len(batch))
     return examples, completions, pipeline.bad_images.count
 
 
@@ -61,16 +67,13 @@ def is_writer() -> bool:
         return True
 
 
-def write_json(workdir: str, filename: str, value) -> str | None:
-    """Writes workdir/eval/<filename> on process 0; returns the path (None elsewhere or no dir)."""
-    if not workdir or not is_writer():
+def write_json(out_dir: str, filename: str, value) -> str | None:
+    """Writes out_dir/<filename> (strict JSON: NaN as null, named in a "nonfinite" field) on
+    process 0; returns the path (None elsewhere or without an out_dir)."""
+    if not out_dir or not is_writer():
         return None
-    folder = os.path.join(workdir, "eval")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, filename)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, default=str)
-    return path
+    os.makedirs(out_dir, exist_ok=True)
+    return jsonio.write_json(os.path.join(out_dir, filename), value)
 
 
 def prediction_records(examples: Sequence[Example], completions: Sequence[str], **extra) -> list:

@@ -8,6 +8,11 @@ COCOeval summary over the same images and categories comes with it (`coco_AP`, `
 Boxes: the model answers x1 y1 x2 y2 in 0..1000; results are pixel xywh:
 x = X1/1000*W, y = Y1/1000*H, w = (X2-X1)/1000*W, h = (Y2-Y1)/1000*H; score = the confidence.
 Unreadable answers and "No Objects" produce no detections.
+
+Sources without an annotation file (the published ViRFT rows: a category name in the prompt and
+0..1000 boxes in the solution) get a ground truth built from the examples (`with_coco_ids`,
+`gt_from_examples`). A split without any ground-truth box has no mAP: it reports
+`num_gt_boxes` 0 and no `map` (never NaN).
 """
 
 import contextlib
@@ -17,6 +22,7 @@ import logging
 
 import numpy as np
 
+from vrft_jax.data.example import from_thousandths
 from vrft_jax.evals.common import predict_all, prediction_records, write_json
 from vrft_jax.rewards import parsing
 
@@ -66,6 +72,30 @@ def coco_results(examples, completions) -> list[dict]:
                 }
             )
     return results
+
+
+def with_coco_ids(examples) -> list:
+    """Examples with the COCO fields an annotation-file-free source lacks (the rows source sets
+    category_id -1 and no pixel boxes): category ids 1.. by sorted category name, integer image
+    ids 1.. in order of first appearance (one id per distinct `image_id`), and pixel boxes from
+    the 0..1000 boxes and each image's (W, H). Examples that have ids already come back as they
+    are. Needs `image_size` (filled when the image is decoded, i.e. after predict_all)."""
+    examples = list(examples)
+    if all(e.category_id != -1 for e in examples):
+        return examples
+    category_ids = {name: k + 1 for k, name in enumerate(sorted({e.category for e in examples}))}
+    image_ids: dict = {}
+    out = []
+    for e in examples:
+        if e.image_size is None:
+            raise ValueError(f"example {e.example_id!r}: image size unknown (image not decoded)")
+        width, height = e.image_size
+        pixel = e.pixel_boxes or tuple(from_thousandths(b, width, height) for b in e.boxes)
+        image_id = image_ids.setdefault(e.image_id, len(image_ids) + 1)
+        out.append(
+            e.replace(category_id=category_ids[e.category], image_id=image_id, pixel_boxes=pixel)
+        )
+    return out
 
 
 def gt_from_examples(examples) -> dict:
@@ -204,6 +234,8 @@ def evaluate_detections(
     lvis: use the `lvis` package's federated evaluation (needs annotation_file); without the
       package, pycocotools runs on the LVIS JSON (not federated) and `lvis_federated` is 0.
     """
+    if gt_dataset is None and not annotation_file:
+        examples = with_coco_ids(examples)
     results = coco_results(examples, completions)
     image_ids = sorted({e.image_id for e in examples})
     if category_ids is None:
@@ -218,8 +250,24 @@ def evaluate_detections(
             gt_dataset = json.load(f)
     if gt_dataset is None:
         gt_dataset = gt_from_examples(examples)
-    metrics = coco_metrics(gt_dataset, results, image_ids, category_ids)
+    num_gt = count_gt_boxes(gt_dataset, image_ids, category_ids)
+    if num_gt == 0:
+        log.warning("detection split has no ground-truth boxes: no mAP (num_gt_boxes = 0)")
+        metrics = {"num_gt_boxes": 0.0, "num_detections": float(len(results))}
+    else:
+        metrics = coco_metrics(gt_dataset, results, image_ids, category_ids)
+        metrics["num_gt_boxes"] = float(num_gt)
     return {**metrics, "lvis_federated": 0.0} if lvis else metrics
+
+
+def count_gt_boxes(gt_dataset: dict, image_ids, category_ids) -> int:
+    """Non-crowd ground-truth boxes of the evaluated images and categories."""
+    images, categories = set(image_ids), set(category_ids)
+    return sum(
+        1
+        for a in gt_dataset["annotations"]
+        if a["image_id"] in images and a["category_id"] in categories and not a.get("iscrowd", 0)
+    )
 
 
 class DetectionEvaluator:
@@ -228,7 +276,7 @@ class DetectionEvaluator:
     def __init__(
         self,
         source,
-        workdir="",
+        out_dir="",
         *,
         name="detection",
         batch_size=16,
@@ -238,7 +286,7 @@ class DetectionEvaluator:
         category_ids=None,
         lvis=None,
     ):
-        self.source, self.workdir, self.name = source, workdir, name
+        self.source, self.out_dir, self.name = source, out_dir, name
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_bad_fraction = max_bad_fraction
         self.annotation_file = annotation_file or getattr(source, "annotation_file", "")
@@ -252,11 +300,16 @@ class DetectionEvaluator:
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             max_bad_fraction=self.max_bad_fraction,
+            desc=f"eval {self.name}",
         )
         gt_dataset = None
         coco = getattr(self.source, "coco", None)
         if coco is not None and not self.lvis:
             gt_dataset = coco.dataset
+        if gt_dataset is None and not self.annotation_file:  # rows: ids and a GT from examples
+            examples = with_coco_ids(examples)
+            gt_dataset = gt_from_examples(examples)
+            write_json(self.out_dir, f"{self.name}_ground_truth.json", gt_dataset)
         metrics = evaluate_detections(
             examples,
             completions,
@@ -266,11 +319,11 @@ class DetectionEvaluator:
             lvis=self.lvis,
         )
         results = coco_results(examples, completions)
-        write_json(self.workdir, f"{self.name}_results.json", results)
+        write_json(self.out_dir, f"{self.name}_results.json", results)
         write_json(
-            self.workdir, f"{self.name}_predictions.json", prediction_records(examples, completions)
+            self.out_dir, f"{self.name}_predictions.json", prediction_records(examples, completions)
         )
-        write_json(self.workdir, f"{self.name}_metrics.json", metrics)
+        write_json(self.out_dir, f"{self.name}_metrics.json", metrics)
         for key, value in metrics.items():
             yield f"{self.name}/{key}", value
         yield f"{self.name}/num_examples", float(len(examples))

@@ -28,7 +28,7 @@ class GroundingEvaluator:
     def __init__(
         self,
         source,
-        workdir="",
+        out_dir="",
         *,
         name="grounding",
         batch_size=16,
@@ -36,7 +36,7 @@ class GroundingEvaluator:
         max_bad_fraction=0.01,
         threshold=0.5,
     ):
-        self.source, self.workdir, self.name = source, workdir, name
+        self.source, self.out_dir, self.name = source, out_dir, name
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_bad_fraction, self.threshold = max_bad_fraction, threshold
 
@@ -47,13 +47,19 @@ class GroundingEvaluator:
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             max_bad_fraction=self.max_bad_fraction,
+            desc=f"eval {self.name}",
         )
         boxes = [predicted_box(c) for c in completions]
         ious = [box_iou(b, e.boxes[0]) if b else 0.0 for b, e in zip(boxes, examples)]
         records = prediction_records(examples, completions, predicted_box=boxes, iou=ious)
-        write_json(self.workdir, f"{self.name}_predictions.json", records)
+        write_json(self.out_dir, f"{self.name}_predictions.json", records)
         n = max(len(examples), 1)
-        yield f"{self.name}/miou", sum(ious) / n
-        yield f"{self.name}/accuracy_iou50", sum(i >= self.threshold for i in ious) / n
-        yield f"{self.name}/num_examples", float(len(examples))
-        yield f"{self.name}/bad_images", float(bad)
+        metrics = {
+            "miou": sum(ious) / n,
+            "accuracy_iou50": sum(i >= self.threshold for i in ious) / n,
+            "num_examples": float(len(examples)),
+            "bad_images": float(bad),
+        }
+        write_json(self.out_dir, f"{self.name}_metrics.json", metrics)
+        for key, value in metrics.items():
+            yield f"{self.name}/{key}", value
