@@ -65,7 +65,7 @@ def get_config(arg=None):
     c.data.negatives = False  # add "No Objects" examples (detection)
     c.data.num_workers = 2  # host decode/preprocess workers
     c.data.max_bad_fraction = 0.01  # fail if more than this fraction of images are corrupt/missing
-    c.data.synthetic_task = "mixed"  # built-in demo task: "classification", "detection", "mixed"
+    c.data.synthetic_task = "mixed"  # demo task: "classification", "colour", "detection", "mixed"
     c.data.synthetic_size = 112  # synthetic image side in pixels
     c.data.num_eval_examples = 64  # held-out examples for evaluation
     c.data.eval_path = ""  # evaluation annotations/rows/folder; "" = data.path
