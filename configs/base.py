@@ -67,7 +67,7 @@ def get_config(arg=None):
     # Fail before step 1 if more than this fraction of the train + eval rows is bad (a solution that
     # does not parse, a missing or corrupt image); fewer are dropped and listed (data/validate.py).
     c.data.max_bad_fraction = 0.01
-    c.data.synthetic_task = "mixed"  # built-in demo task: "classification", "detection", "mixed"
+    c.data.synthetic_task = "mixed"  # demo task: "classification", "colour", "detection", "mixed"
     c.data.synthetic_size = 112  # synthetic image side in pixels
     c.data.num_eval_examples = 64  # held-out examples for evaluation
     c.data.eval_path = ""  # evaluation annotations/rows/folder; "" = data.path

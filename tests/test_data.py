@@ -260,6 +260,27 @@ def test_synthetic_deterministic_split_disjoint_and_parsable():
     assert len({e.class_name for e in cls}) == 3
 
 
+def test_synthetic_colour_task_answers_the_drawn_colour():
+    shapes = SyntheticShapes("classification", "train", seed=3, size=56)
+    colours = SyntheticShapes("colour", "train", seed=3, size=56)
+    names = set()
+    for i in range(30):
+        s, c = shapes[i], colours[i]
+        # Same image as the shape task (same draws), only the question and the answer differ.
+        np.testing.assert_array_equal(np.asarray(s.image), np.asarray(c.image))
+        assert c.task == "classification" == colours.task_at(i)
+        assert "colour" in c.problem and "colour" not in s.problem
+        assert parsing.solution_answer(c.solution) == c.class_name
+        assert c.label == list(COLOURS).index(c.class_name)
+        pixels = np.asarray(c.image).reshape(-1, 3)
+        drawn = {tuple(p) for p in pixels} - {(235, 235, 235)}
+        assert drawn == {COLOURS[c.class_name]}  # the only non-background colour is the answer
+        names.add(c.class_name)
+    assert names == set(COLOURS)
+    with pytest.raises(ValueError, match="synthetic_task='color'"):
+        SyntheticShapes("color", "train", seed=0)
+
+
 def test_make_source_dispatch(tmp_path):
     config = base.get_config()
     config.data.synthetic_size, config.data.num_eval_examples = 48, 10

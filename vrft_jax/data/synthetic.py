@@ -25,7 +25,7 @@ SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220)}
 BACKGROUND = (235, 235, 235)
 SPLIT_CODES = {"train": 0, "eval": 1}
-TASKS = ("classification", "detection", "mixed")  # config.data.synthetic_task
+TASKS = ("classification", "colour", "detection", "mixed")  # config.data.synthetic_task
 TRAIN_SIZE = 100_000  # virtual length of the train stream (examples are drawn, not stored)
 
 

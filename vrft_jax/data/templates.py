@@ -7,9 +7,13 @@ model with `config.input.prompt_template = "raw"`.
 
 from vrft_jax import prompts
 
-# The demo's classification sentence (same pattern as the reference's subjects).
+# The demo's classification sentences (same pattern as the reference's subjects).
 SHAPES_SENTENCE = (
     "This is an image containing a shape. Please identify the shape based on the image."
+)
+COLOURS_SENTENCE = (
+    "This is an image containing a shape. Please identify the colour of the shape based on the"
+    " image."
 )
 
 
@@ -19,9 +23,10 @@ def detection_problem(category: str) -> str:
 
 def classification_problem(subject: str) -> str:
     """subject: a key of prompts.CLASSIFICATION_SUBJECTS (aircraft, flowers, pets, cars) or
-    "shapes" (the synthetic demo)."""
-    if subject == "shapes":
-        return prompts.CLASSIFICATION.substitute(subject_sentence=SHAPES_SENTENCE)
+    "shapes" / "colours" (the synthetic demo)."""
+    if subject in ("shapes", "colours"):
+        sentence = SHAPES_SENTENCE if subject == "shapes" else COLOURS_SENTENCE
+        return prompts.CLASSIFICATION.substitute(subject_sentence=sentence)
     return prompts.build_prompt("classification", subject=subject)
 
 
