@@ -5,6 +5,8 @@ so the same index always gives the same image and the held-out split ("eval") ne
 generator stream with "train".
 
 - classification: one large shape on a plain background; the answer is its shape name.
+- colour: the same images; the answer is the shape's colour (red / green / blue), an easier
+  visual question than the shape (the colour shows in every patch the shape covers).
 - detection: "Detect all objects belonging to the category 'red circle'": 0 to 3 targets plus
   distractors of another colour or shape; boxes in 0..1000 ints, "No Objects" when there are none.
 """
@@ -52,7 +54,9 @@ def _free_box(rng, size, side, taken, tries=50):
 
 
 class SyntheticShapes:
-    """Random-access source of drawn examples. task: "classification", "detection" or "mixed"."""
+    """Random-access source of drawn examples.
+
+    task: "classification", "colour", "detection" or "mixed" (classification and detection)."""
 
     def __init__(
         self, task: str, split: str, seed: int, size: int = 112, length: int | None = None
@@ -70,7 +74,7 @@ class SyntheticShapes:
     def task_at(self, index: int) -> str:
         if self.task == "mixed":
             return "classification" if index % 2 == 0 else "detection"
-        return self.task
+        return "classification" if self.task == "colour" else self.task
 
     def __getitem__(self, index: int) -> Example:
         if not 0 <= index < self.length:
@@ -91,16 +95,18 @@ class SyntheticShapes:
         side = int(rng.integers(self.size // 2, self.size * 7 // 8))
         box = _free_box(rng, self.size, side, [])
         draw_shape(draw, shape, box, COLOURS[colour])
+        by_colour = self.task == "colour"
+        name = colour if by_colour else shape
         return Example(
             image=image,
-            problem=templates.classification_problem("shapes"),
+            problem=templates.classification_problem("colours" if by_colour else "shapes"),
             task="classification",
-            solution=classification_solution(shape),
+            solution=classification_solution(name),
             example_id=f"synthetic-{self.split}-{index}",
             image_id=index,
             image_size=(self.size, self.size),
-            class_name=shape,
-            label=SHAPES.index(shape),
+            class_name=name,
+            label=list(COLOURS).index(colour) if by_colour else SHAPES.index(shape),
         )
 
     def _detection(self, rng, index) -> Example:
