@@ -305,7 +305,8 @@ def grpo_step(
 
     With config.grpo.dynamic_sampling, next_examples() supplies further prompts (the loop's data
     iterator) until the batch holds len(examples) groups with signal. Returns (state, metrics,
-    rollout): the metrics of the last update, of every completion sampled, and the timings.
+    rollout): metrics of every completion sampled (rollout.rollout_metrics) and of the last of the
+    mu updates; `rollout` is the batch trained on.
     """
     generate = generate_fn(state["params"])
     if config.grpo.dynamic_sampling:
