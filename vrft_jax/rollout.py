@@ -61,8 +61,12 @@ class RolloutBatch:
 
 def rollout_metrics(rollouts: Sequence[RolloutBatch]) -> dict:
     """Host metrics over all completions of `rollouts`: reward means, completion lengths, the
-    share cut off at max_new_tokens, the share of zero-variance groups, and "tokens" (their sum)."""
-    cat = lambda get: np.concatenate([get(r) for r in rollouts])  # noqa: E731
+    share cut off at max_new_tokens, the share of zero-variance groups, "completion_tokens" (the
+    lengths' sum) and, with a format reward, "format_rate" (share with format reward > 0)."""
+
+    def cat(get):
+        return np.concatenate([get(r) for r in rollouts])
+
     lengths = cat(lambda r: r.completion_mask.sum(axis=1))
     rewards_total = cat(lambda r: r.rewards)
     out = {
