@@ -173,7 +173,7 @@ def run_ours(model, c, host_batch, steps_timed: int):
     mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
     tx, schedule = optim.make_optimizer(c.optim, max(int(c.total_steps), 1), params_state)
     state, shardings = steps.make_train_state(
-        params_state, tx, mesh, sharding.make_rules(c.mesh_rules), c.seed
+        params_state, tx, mesh, sharding.make_rules(c.mesh_rules)
     )
     fns = steps.TrainSteps(graphdef, c, tx, schedule, shardings)
     ref_dtype = jnp.dtype(c.grpo.ref_dtype)

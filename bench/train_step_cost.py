@@ -144,7 +144,6 @@ def build(c, P, side):
         "params": params,
         "opt_state": jax.eval_shape(tx.init, params),
         "step": jax.ShapeDtypeStruct((), jnp.int32),
-        "rng": jax.eval_shape(lambda: jax.random.key(0)),
     }
     with_ref = float(c.grpo.beta) != 0.0
     batch = abstract_batch(

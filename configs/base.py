@@ -17,7 +17,9 @@ def get_config(arg=None):
     # ---- Run ------------------------------------------------------------------------------------
     c.seed = 42  # one seed drives data order, init, sampling (the reference uses 42)
     c.trainer = "grpo"  # "grpo" (Visual-RFT) or "sft" (the paper's supervised baseline)
-    c.total_steps = 200  # optimizer steps; 0 = evaluate only
+    # Rollout steps (what the loop, the logs and checkpoints count; each does grpo.mu optimizer
+    # updates, so the lr schedule spans total_steps * grpo.mu updates); 0 = evaluate only.
+    c.total_steps = 200
     c.log_every = 1  # metrics to JSON lines + TensorBoard every N steps
     c.sample_every = 10  # write a few completions with their rewards every N steps
     c.num_logged_samples = 4  # how many completions each time
@@ -99,15 +101,20 @@ def get_config(arg=None):
     c.grpo.beta = 0.04  # KL weight; the reference's TRL default (newer TRL silently uses 0.0)
     c.grpo.epsilon = 0.2  # clip range low side: ratio >= 1 - epsilon
     c.grpo.epsilon_high = 0.2  # clip range high side: ratio <= 1 + epsilon_high (DAPO: 0.28)
-    c.grpo.mu = 1  # policy updates per rollout batch; old log-probs recomputed when mu > 1
+    # Policy updates per rollout batch; when mu > 1 the old log-probs are the rollout policy's,
+    # computed once before the first update, so later updates see ratio != 1 and can clip.
+    c.grpo.mu = 1
     c.grpo.advantage = "grpo"  # "grpo" (r-mean)/(std+1e-4), "dr_grpo" (no std), "rloo"
     c.grpo.kl_estimator = "k3"  # "k1", "k2", "k3"
     # "seq_mean_token_mean" (reference), "token_mean" (DAPO), "seq_mean_token_sum_norm" (Dr. GRPO)
     c.grpo.loss_aggregation = "seq_mean_token_mean"
-    c.grpo.drop_zero_variance_groups = False  # skip groups whose G rewards are all equal
+    # DAPO dynamic sampling: a group whose G rewards are all equal has no gradient; sample more
+    # prompts (from the same data stream) until the batch holds input.batch_size groups with
+    # signal. Each try is one rollout of input.batch_size prompts; out of tries, the run stops.
+    c.grpo.dynamic_sampling = False
+    c.grpo.max_sampling_tries = 8
     c.grpo.micro_batch_size = 8  # sequences per forward/backward (gradient accumulation)
     c.grpo.ref_dtype = "bfloat16"  # frozen reference copy (absent when beta == 0)
-    c.grpo.advantage_sign = 1.0  # -1 flips the policy gradient (only the learning test's control)
 
     # ---- SFT baseline ---------------------------------------------------------------------------
     c.sft = ml_collections.ConfigDict()
@@ -120,7 +127,7 @@ def get_config(arg=None):
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-6  # reference (TRL default)
     c.optim.schedule = "linear"  # "linear" decay to 0, "cosine", or "constant"
-    c.optim.warmup_steps = 0
+    c.optim.warmup_steps = 0  # optimizer updates (grpo.mu per rollout step)
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8

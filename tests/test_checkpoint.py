@@ -283,6 +283,18 @@ def test_restore_checkpoint_from_resume_path(saved_on_8):
         assert extra["data_position"] == 7
 
 
+def test_checkpoint_with_the_retired_rng_entry_restores_into_todays_state(saved_on_8):
+    """Train states used to hold an unused "rng" key; their checkpoints still restore (the entry
+    is read and dropped) into today's state without it."""
+    workdir, state = saved_on_8  # saved with "rng"
+    today = {k: v for k, v in state.items() if k != "rng"}
+    restored, extra = ckpt_lib.restore_checkpoint(
+        workdir / "checkpoints", ckpt_lib.abstract_like(today)
+    )
+    assert set(restored) == {"params", "opt_state", "step"} and extra["data_position"] == 7
+    _assert_states_equal(restored, today)
+
+
 def test_keeps_last_k_and_skips_undue_steps(tmp_path):
     ckpt = ckpt_lib.Checkpointer(tmp_path, every=2, keep=2, async_save=True)
     state = toy_init()

@@ -50,7 +50,7 @@ def test_overrides_reach_config_json(tmp_path):
         "--config.seed=7",
         "--config.optim.lr=3e-5",
         "--config.input.prompt_template=classification",
-        "--config.grpo.drop_zero_variance_groups=True",
+        "--config.grpo.dynamic_sampling=True",
         "--config.input.prompt_buckets=(32,64)",
     )
     assert code == 0, out
@@ -58,7 +58,7 @@ def test_overrides_reach_config_json(tmp_path):
     assert saved["seed"] == 7
     assert saved["optim"]["lr"] == pytest.approx(3e-5)
     assert saved["input"]["prompt_template"] == "classification"
-    assert saved["grpo"]["drop_zero_variance_groups"] is True
+    assert saved["grpo"]["dynamic_sampling"] is True
     assert saved["input"]["prompt_buckets"] == [32, 64]
     # untouched fields keep the base defaults
     base = config_utils.load_config_file(BASE)

@@ -3,8 +3,9 @@ expected reward (sampled completions on eval-split prompts, what GRPO optimises)
 shapes task, and the same run with the policy gradient's sign flipped does not, so a sign or
 advantage bug fails the test.
 
-Both arms use the same compiled programs, data order and sampling seeds; only
-config.grpo.advantage_sign differs (applied to the advantages on the host).
+Both arms use the same compiled programs, data order and sampling seeds; the flipped arm trains on
+negated rewards (rewards.score wrapped for its GRPO steps only, not its evaluation), which negates
+every group advantage.
 """
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from vrft_jax import evaluation, optim, sharding, steps, train
+from vrft_jax import evaluation, optim, rewards, sft, sharding, steps, train
 from vrft_jax.data import make_source
 from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.inputs import PromptProcessor
@@ -40,40 +41,47 @@ def setup(tmp_path_factory):
     model = train.build_model(config, "random", "")
     graphdef, params_state = nnx.split(model, nnx.Param)
     tx, schedule = optim.make_optimizer(config.optim, GRPO_STEPS, params_state)
-    state, shardings = steps.make_train_state(params_state, tx, mesh, (), config.seed)
+    state, shardings = steps.make_train_state(params_state, tx, mesh, ())
     fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings)
-    state = train.sft_warmup(config, processor, graphdef, params_state, mesh, (), state, fns)
+    state = sft.sft_warmup(config, processor, graphdef, params_state, mesh, (), state, fns)
     warm_params = jax.device_get(state["params"])
     generate = train.make_generate_fn(graphdef, model.config, config)
     return config, processor, mesh, generate, params_state, tx, shardings, fns, warm_params
 
 
-def grpo_arm(setup, sign, workdir):
+def grpo_arm(setup, sign, workdir, monkeypatch):
+    """GRPO_STEPS steps from the warm start on rewards times `sign`; held-out metrics after."""
     config, processor, mesh, generate, params_state, tx, shardings, fns, warm_params = setup
-    config = config.copy_and_resolve_references()
-    config.grpo.advantage_sign = sign
-    state, _ = steps.make_train_state(params_state, tx, mesh, (), config.seed)
+    state, _ = steps.make_train_state(params_state, tx, mesh, ())
     state["params"] = jax.device_put(warm_params, shardings["params"])
     source = make_source(config.data, "train", config.seed)
     it = iter(Pipeline(source, batch_size=config.input.batch_size, seed=config.seed,
                        num_epochs=None, num_workers=1, drop_remainder=True))  # fmt: skip
     timer = Timer()
-    for step in range(GRPO_STEPS):
-        rng = jax.random.fold_in(jax.random.key(config.seed), step)
-        state, _, _ = train.grpo_step(
-            config, state, next(it), processor, fns, generate, None, mesh, rng, timer
-        )
+    score = rewards.score
+
+    def signed_score(*args, **kwargs):
+        total, per_reward = score(*args, **kwargs)
+        return sign * total, per_reward
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rewards, "score", signed_score)  # rollout.py calls rewards.score
+        for step in range(GRPO_STEPS):
+            rng = jax.random.fold_in(jax.random.key(config.seed), step)
+            state, _, _ = train.grpo_step(
+                config, state, next(it), processor, fns, generate, None, mesh, rng, timer
+            )
     return evaluation.run_evals(config, str(workdir), processor, generate(state["params"]), "arm")
 
 
-def test_grpo_beats_flipped_sign_from_same_warm_start(setup, tmp_path):
+def test_grpo_beats_flipped_sign_from_same_warm_start(setup, tmp_path, monkeypatch):
     config, processor, _, generate, _, _, _, _, warm_params = setup
     key = "sampled/total_mean"
     start = evaluation.run_evals(
         config, str(tmp_path), processor, generate(jax.device_put(warm_params)), "start"
     )[key]
-    up = grpo_arm(setup, 1.0, tmp_path)[key]
-    down = grpo_arm(setup, -1.0, tmp_path)[key]
+    up = grpo_arm(setup, 1.0, tmp_path, monkeypatch)[key]
+    down = grpo_arm(setup, -1.0, tmp_path, monkeypatch)[key]
     print(f"held-out sampled reward: warm start {start:.3f}, GRPO {up:.3f}, flipped {down:.3f}")
     # Measured (2 loaded cores): warm start 0.219, GRPO 0.479, flipped sign 0.000.
     assert up >= start + MARGIN

@@ -25,11 +25,11 @@ def _step(tx, params, grads):
 
 
 def test_schedules_hand_computed():
-    lin = optim.make_schedule(1e-3, "linear", warmup_steps=2, total_steps=10)
+    lin = optim.make_schedule(1e-3, "linear", warmup_steps=2, total_updates=10)
     np.testing.assert_allclose([lin(s) for s in (0, 1, 2, 6, 10, 12)], [0, 5e-4, 1e-3, 5e-4, 0, 0])
-    cos = optim.make_schedule(1e-3, "cosine", warmup_steps=0, total_steps=10)
+    cos = optim.make_schedule(1e-3, "cosine", warmup_steps=0, total_updates=10)
     np.testing.assert_allclose([cos(0), cos(5), cos(10)], [1e-3, 5e-4, 0], atol=1e-10)
-    const = optim.make_schedule(1e-3, "constant", warmup_steps=4, total_steps=10)
+    const = optim.make_schedule(1e-3, "constant", warmup_steps=4, total_updates=10)
     np.testing.assert_allclose([const(1), const(4), const(9)], [2.5e-4, 1e-3, 1e-3])
     with pytest.raises(ValueError, match="optim.schedule"):
         optim.make_schedule(1e-3, "step", 0, 10)

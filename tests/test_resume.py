@@ -122,7 +122,7 @@ def _metrics_by_step(workdir) -> dict:
 
 
 def _read_state(workdir, step):
-    """The saved train state of `step` as host numpy arrays (params, opt_state, step, rng)."""
+    """The saved train state of `step` as host numpy arrays (params, opt_state, step)."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -196,6 +196,43 @@ def test_killed_and_preempted_run_ends_like_an_uninterrupted_one(tmp_path):
     _assert_trees_equal(_read_state(run_dir, TOTAL), _read_state(ref_dir, TOTAL))
 
 
+@pytest.mark.slow
+def test_mu2_killed_run_resumes_bit_identical_with_the_schedule_over_all_updates(tmp_path):
+    """grpo.mu = 2: total_steps counts rollout steps, each doing 2 optimizer updates. A run killed
+    after rollout step 3 resumes from its last checkpoint at the right rollout (not at its update
+    count) and ends identical to an uninterrupted run; the linear lr schedule spans all
+    total_steps * mu updates (a schedule over total_steps updates would reach 0 half-way)."""
+    total, lr = 4, 1e-3
+    mu2 = {"grpo.mu": 2, "total_steps": total, "optim.schedule": "linear", "optim.lr": lr}
+    ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    proc = _start(run_dir, **mu2)
+    _wait_for_step(proc, run_dir, 1, timeout=900)  # the first run compiles (2 loaded cores)
+    reference = _start(ref_dir, **mu2)
+    _wait_for_step(proc, run_dir, 3)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    lines_before = len(_logged_steps(run_dir))
+    # Generous timeouts: measured 5-6 min per run while the 2 cores ran other jobs too.
+    rc, out, err = _finish(_start(run_dir, **mu2), timeout=900)
+    assert rc == 0, err[-4000:]
+    resumed_from = _logged_steps(run_dir)[lines_before] - 1
+    assert resumed_from in (0, 2), resumed_from  # the last finished checkpoint (every 2 steps)
+    rc, out, err = _finish(reference, timeout=900)
+    assert rc == 0, err[-4000:]
+
+    ref_metrics, run_metrics = _metrics_by_step(ref_dir), _metrics_by_step(run_dir)
+    assert sorted(ref_metrics) == list(range(1, total + 1)) == sorted(run_metrics)
+    for step in ref_metrics:
+        assert run_metrics[step] == ref_metrics[step], f"step {step} metrics differ"
+    ref_state = _read_state(ref_dir, total)
+    _assert_trees_equal(_read_state(run_dir, total), ref_state)
+    assert int(ref_state["step"]) == total * 2  # optimizer updates
+    # Logged lr: the last update of rollout step s is update 2s - 1 (0-based) of 2 * total.
+    want = [lr * (1 - (2 * s - 1) / (2 * total)) for s in range(1, total + 1)]
+    np.testing.assert_allclose([ref_metrics[s]["lr"] for s in range(1, total + 1)], want, rtol=1e-6)
+
+
 # ---- Non-finite guard ---------------------------------------------------------------------------
 
 
@@ -228,7 +265,6 @@ def test_nan_step_is_skipped_and_too_many_in_a_row_stop_the_run(tmp_path):
 
 
 def test_checkpoint_of_another_model_shape_names_the_key(tmp_path):
-    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -239,7 +275,7 @@ def test_checkpoint_of_another_model_shape_names_the_key(tmp_path):
     # The workdir holds a tiny model's checkpoint; the config's model has a wider MLP.
     params = nnx.to_pure_dict(nnx.state(random_qwen2_vl("tiny"), nnx.Param))
     ckpt = Checkpointer(tmp_path, every=1, keep=1, async_save=False)
-    ckpt.save(1, {"params": params, "step": jnp.int32(1), "rng": jax.random.key(0)})
+    ckpt.save(1, {"params": params, "step": jnp.int32(1)})
     ckpt.close()
     wider = tmp_path / "wider_hf"
     hf.save_qwen2_vl(random_qwen2_vl(get_preset("tiny", intermediate_size=96)), str(wider))

@@ -67,3 +67,18 @@ def test_eval_only_run(trained):
     evaluation = results["evaluations"]["eval"]
     assert evaluation["step"] == 2 and 0.0 <= evaluation["reward/total_mean"] <= 2.0
     assert (trained / "eval" / "eval" / "classification_metrics.json").exists()
+
+
+def test_dynamic_sampling_that_finds_no_signal_stops_naming_the_setting(tmp_path):
+    """grpo.dynamic_sampling through the entry point: a random-init model scores 0 on every
+    sample, so no group has signal; the run draws grpo.max_sampling_tries batches from its data
+    iterator and stops with a message naming the settings."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cmd = [sys.executable, "-m", "vrft_jax.main", "--config", str(REPO / "configs" / "demo.py"),
+           "--workdir", str(tmp_path), *SMALL, "--config.grpo.dynamic_sampling=True",
+           "--config.grpo.max_sampling_tries=2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    assert "grpo.dynamic_sampling: 2 rollouts of 2 prompts" in proc.stderr, proc.stderr[-3000:]
+    assert "(grpo.max_sampling_tries=2) found only 0 of the 2 groups" in proc.stderr
+    assert not (tmp_path / "checkpoints" / "1").exists()  # no step was trained

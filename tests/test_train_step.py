@@ -78,7 +78,7 @@ def build(mesh_config, config):
     mesh = sharding.make_mesh(mesh_config or (("data", 1),), devices)
     graphdef, params = model_params()
     tx, schedule = optim.make_optimizer(config.optim, 10, params)
-    state, shardings = steps.make_train_state(params, tx, mesh, (), seed=0)
+    state, shardings = steps.make_train_state(params, tx, mesh, ())
     return mesh, state, steps.TrainSteps(graphdef, config, tx, schedule, shardings)
 
 
@@ -213,3 +213,44 @@ def test_nonfinite_loss_is_skipped_and_counted(one_device_fns, one_device):
     before, state, metrics = run_step(mesh, state, fns, batch)
     assert metrics["nonfinite_in_row"] == 1 and metrics["nonfinite_total"] == 1
     jax.tree.map(np.testing.assert_array_equal, before, state["params"])
+
+
+def test_logprob_gap_max_is_the_max_over_micro_batches(one_device_fns, one_device):
+    """Sampler log-probs off by 0.5 on one token of micro-batch 0 and 0.7 on one of micro-batch 1
+    (micro_batch_size 2 -> 4 micro-batches): the max gap is 0.7 (a sum would give 1.2)."""
+    mesh, _, fns = one_device_fns
+    state = one_device[3]
+    batch = make_batch()
+    placed = steps.place_batch(batch, mesh)
+    logp = np.asarray(fns.logprobs(state["params"], placed))
+    # Micro-batch k holds rows k, k + 4 (steps._micro): rows 0 and 1 are in micro-batches 0 and 1.
+    batch["sampler_logps"] = logp.copy()
+    batch["sampler_logps"][0, 2] -= 0.5
+    batch["sampler_logps"][1, 1] += 0.7
+    _, _, metrics = run_step(mesh, state, fns, batch)
+    # The logprobs program and the update's forward round differently: about 1e-6 apart.
+    np.testing.assert_allclose(metrics["logprob_gap_max_abs"], 0.7, atol=1e-4)
+
+
+def test_mu2_second_update_sees_ratio_off_one_and_clips():
+    """grpo.mu = 2 through train.grpo_updates: the old log-probs are the rollout policy's (computed
+    before the first update), so the first update has ratio 1 and the second, after a large-lr
+    step, a ratio != 1 with clipped tokens."""
+    from vrft_jax import train
+    from vrft_jax.metrics import Timer
+
+    config = make_config(mu=2, beta=0.0)
+    config.optim.lr = 3e-2
+    mesh, state, fns = build(None, config)
+    batch = make_batch()
+    batch.pop("ref_logps")
+    state, updates = train.grpo_updates(
+        config, state, steps.place_batch(batch, mesh), fns, None, Timer()
+    )
+    assert len(updates) == 2 and int(state["step"]) == 2
+    first, second = updates
+    # Same params, two programs (log-probs only vs. the update's forward): float rounding only.
+    assert abs(first["ratio"] - 1.0) < 1e-5 and first["clip_fraction"] == 0.0
+    assert abs(second["ratio"] - 1.0) > 1e-3
+    assert second["clip_fraction"] > 0.0
+    print(f"mu=2: update 2 ratio {second['ratio']:.4f}, clip fraction {second['clip_fraction']}")

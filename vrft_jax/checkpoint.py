@@ -1,7 +1,7 @@
 """Checkpoints: Orbax saves of the train state, automatic resume, and where a run starts from.
 
 Layout: `WORKDIR/checkpoints/<step>/{state,extra}`. `state` is the train state, a plain pytree
-`{"params", "opt_state", "step", "rng"}` of (possibly sharded) jax arrays, saved with Orbax's
+`{"params", "opt_state", "step"}` of (possibly sharded) jax arrays, saved with Orbax's
 standard handler. `extra` is a JSON dict: the data position (iterator state) and metadata such as
 the model config. The frozen GRPO reference model is not saved; it is rebuilt from the initial
 weights.
@@ -58,6 +58,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 CHECKPOINT_SUBDIR = "checkpoints"
 DEFAULT_MIN_FREE_BYTES = 64 * 2**20  # refuse to start a run with less free disk than this
+
+
+# Train-state entries that older checkpoints hold and the train state no longer has: read (as this
+# abstract value) and dropped, so those checkpoints still restore.
+RETIRED_ENTRIES = {"rng": lambda: jax.eval_shape(lambda: jax.random.key(0))}  # unused PRNG key
 
 
 class CheckpointError(RuntimeError):
@@ -326,7 +331,12 @@ def _restore(mgr, directory: epath.Path, abstract_state, step: int | None):
         raise CheckpointError(f"checkpoint {source} is unreadable: {e}") from e
     if metadata is None:
         raise CheckpointError(f"checkpoint {source} has no readable 'state' item.")
-    check_tree_matches(abstract_state, getattr(metadata, "tree", metadata), source)
+    stored = getattr(metadata, "tree", metadata)
+    retired = []
+    if isinstance(abstract_state, dict) and hasattr(stored, "keys"):
+        retired = [k for k in RETIRED_ENTRIES if k in stored and k not in abstract_state]
+        abstract_state = dict(abstract_state, **{k: RETIRED_ENTRIES[k]() for k in retired})
+    check_tree_matches(abstract_state, stored, source)
     abstract_state = _with_default_sharding(abstract_state)
     args = ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()
@@ -335,7 +345,10 @@ def _restore(mgr, directory: epath.Path, abstract_state, step: int | None):
         restored = mgr.restore(step, args=args)
     except Exception as e:
         raise CheckpointError(f"checkpoint {source} is unreadable: {e}") from e
-    return restored["state"], dict(restored["extra"] or {})
+    state = restored["state"]
+    if retired:
+        state = {k: v for k, v in state.items() if k not in retired}
+    return state, dict(restored["extra"] or {})
 
 
 def _with_default_sharding(abstract_state):

@@ -2,7 +2,9 @@
 
 Matches the reference's HF Trainer defaults: AdamW (b1 0.9, b2 0.999, eps 1e-8), weight decay on
 matrices only (HF skips biases and norm weights), grad-norm clip 1.0, linear warmup from 0 then
-linear decay to 0 at `total_steps`. Frozen parameters get zero updates and no Adam moments.
+linear decay to 0 at the last update (`total_updates` = config.total_steps * grpo.mu: the schedule
+counts optimizer updates, the loop counts rollout steps). Frozen parameters get zero updates and
+no Adam moments.
 """
 
 import math
@@ -36,15 +38,15 @@ def path_str(path):
     return "/".join(parts)
 
 
-def make_schedule(lr, schedule, warmup_steps, total_steps):
-    """Learning rate as a function of the optimizer step (0 for the first update).
+def make_schedule(lr, schedule, warmup_steps, total_updates):
+    """Learning rate as a function of the optimizer update count (0 for the first update).
 
-    Linear warmup 0 -> lr over `warmup_steps`, then "linear" decay to 0 at `total_steps`, "cosine"
-    decay to 0, or "constant" (HF's get_*_schedule_with_warmup formulas).
+    Linear warmup 0 -> lr over `warmup_steps` updates, then "linear" decay to 0 at
+    `total_updates`, "cosine" decay to 0, or "constant" (HF's get_*_schedule_with_warmup formulas).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"optim.schedule={schedule!r}; expected one of {SCHEDULES}")
-    warmup, decay_steps = int(warmup_steps), max(int(total_steps) - int(warmup_steps), 1)
+    warmup, decay_steps = int(warmup_steps), max(int(total_updates) - int(warmup_steps), 1)
 
     def fn(step):
         step = jnp.asarray(step, jnp.float32)
@@ -87,8 +89,8 @@ def frozen_filter(freeze):
     return lambda path, _: bool(pattern and pattern.search("/".join(map(str, path))))
 
 
-def make_optimizer(config, total_steps, params):
-    """config = config.optim -> (tx, schedule).
+def make_optimizer(config, total_updates, params):
+    """config = config.optim, total_updates = optimizer updates of the run -> (tx, schedule).
 
     tx: optax transformation over `params` (a pytree; only its structure and paths are used). An
     nnx.State is taken as its pure dict (nnx.to_pure_dict), the form of the train state's params
@@ -99,7 +101,7 @@ def make_optimizer(config, total_steps, params):
     """
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
-    schedule = make_schedule(config.lr, config.schedule, config.warmup_steps, total_steps)
+    schedule = make_schedule(config.lr, config.schedule, config.warmup_steps, total_updates)
     adamw = optax.adamw(
         schedule,
         b1=config.b1,

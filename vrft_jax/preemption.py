@@ -24,6 +24,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 
+class RunStopped(Exception):
+    """A stop request (SIGTERM) outside the train loop; the message says what was saved."""
+
+
 def _preemption_service_running() -> bool:
     from jax._src import distributed  # no public accessor for the sync manager
 

@@ -6,15 +6,20 @@
 
 The result is a `RolloutBatch` whose `train_arrays()` is what `steps.TrainSteps.update_grpo` takes.
 Sampling and training see the same padded prompt arrays, so their log-probs are comparable.
+
+With grpo.dynamic_sampling, `make_signal_rollout` repeats rollouts of further prompts until B groups
+whose G rewards differ are found, and `gather_groups` packs those B groups into one RolloutBatch.
 """
 
+import contextlib
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 from flax import struct
 
 from vrft_jax import buckets, grpo, rewards
-from vrft_jax.data.example import Example
+from vrft_jax.data.example import DataError, Example
 
 
 @struct.dataclass
@@ -29,9 +34,10 @@ class RolloutBatch:
     completion_mask: np.ndarray  # int32 [N, C], 1 up to and including the stop token
     sampler_logps: np.ndarray  # float32 [N, C]
     rewards: np.ndarray  # float32 [N], weighted total
-    advantages: np.ndarray  # float32 [N] (times grpo.advantage_sign)
+    advantages: np.ndarray  # float32 [N]
     per_reward: dict  # {name: float32 [N]} unweighted
     zero_variance: np.ndarray  # bool [B]: the G rewards of the prompt are all equal
+    clipped: np.ndarray  # bool [N]: reached max_new_tokens without a stop token
     texts: list = struct.field(pytree_node=False)  # N decoded completions
     prompts: list = struct.field(pytree_node=False)  # B problem texts
 
@@ -50,16 +56,32 @@ class RolloutBatch:
 
     def metrics(self) -> dict:
         """Host metrics of this rollout (reward means, lengths, zero-variance share)."""
-        lengths = self.completion_mask.sum(axis=1)
-        out = {
-            "reward/total_mean": float(self.rewards.mean()),
-            "reward/total_std": float(self.rewards.std()),
-            "completion_length": float(lengths.mean()),
-            "completion_clipped": float((self.completion_mask[:, -1] > 0).mean()),
-            "zero_variance_groups": float(self.zero_variance.mean()),
-        }
-        out.update({f"reward/{k}": float(np.mean(v)) for k, v in self.per_reward.items()})
-        return out
+        return rollout_metrics([self])
+
+
+def rollout_metrics(rollouts: Sequence[RolloutBatch]) -> dict:
+    """Host metrics over all completions of `rollouts`: reward means, completion lengths, the
+    share cut off at max_new_tokens, the share of zero-variance groups, "completion_tokens" (the
+    lengths' sum) and, with a format reward, "format_rate" (share with format reward > 0)."""
+
+    def cat(get):
+        return np.concatenate([get(r) for r in rollouts])
+
+    lengths = cat(lambda r: r.completion_mask.sum(axis=1))
+    rewards_total = cat(lambda r: r.rewards)
+    out = {
+        "reward/total_mean": float(rewards_total.mean()),
+        "reward/total_std": float(rewards_total.std()),
+        "completion_length": float(lengths.mean()),
+        "completion_clipped": float(cat(lambda r: r.clipped).mean()),
+        "zero_variance_groups": float(cat(lambda r: r.zero_variance).mean()),
+        "completion_tokens": float(lengths.sum()),
+    }
+    for k in rollouts[0].per_reward:
+        out[f"reward/{k}"] = float(cat(lambda r, k=k: r.per_reward[k]).mean())
+    if "format" in rollouts[0].per_reward:
+        out["format_rate"] = float(np.mean(cat(lambda r: r.per_reward["format"]) > 0))
+    return out
 
 
 def encode_prompts(processor, examples: Sequence[Example], config) -> dict:
@@ -100,7 +122,7 @@ def make_rollout(
     timer: optional metrics.Timer; phases "rollout" and "reward".
     """
     G = config.grpo.G
-    phase = timer or (lambda name: _nullcontext())
+    phase = timer or (lambda name: contextlib.nullcontext())
     with phase("rollout"):
         prompt = encode_prompts(processor, examples, config)
         out = generate_fn(
@@ -124,13 +146,10 @@ def make_rollout(
         solutions = [e.solution for e in examples for _ in range(G)]
         total, per_reward = rewards.score(texts, solutions, config.rewards, config.reward)
         advantages = np.asarray(grpo.group_advantages(total, G, config.grpo.advantage))
-        advantages = advantages * np.float32(config.grpo.advantage_sign)
         zero_var = np.asarray(grpo.zero_variance_groups(total, G))
-        if config.grpo.drop_zero_variance_groups:
-            # Static shapes: the dropped groups stay in the batch with no loss (mask 0).
-            keep = np.repeat(~zero_var, G)
-            mask = mask * keep[:, None].astype(np.int32)
-            advantages = np.where(keep, advantages, 0.0)
+        # C = max_new_tokens: a completion still running in the last column was cut off, unless
+        # that last token is itself a stop token.
+        clipped = (mask[:, -1] > 0) & ~np.isin(tokens[:, -1], list(processor.special.eos))
     return RolloutBatch(
         prompt_ids=prompt["prompt_ids"],
         prompt_mask=prompt["prompt_mask"],
@@ -143,14 +162,95 @@ def make_rollout(
         advantages=advantages.astype(np.float32),
         per_reward={k: np.asarray(v, np.float32) for k, v in per_reward.items()},
         zero_variance=zero_var,
+        clipped=clipped,
         texts=list(texts),
         prompts=[e.problem for e in examples],
     )
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
+# ---- DAPO dynamic sampling -----------------------------------------------------------------------
 
-    def __exit__(self, *exc):
-        return False
+
+def make_signal_rollout(
+    generate_fn: Callable,
+    processor,
+    examples: Sequence[Example],
+    next_examples: Callable[[], Sequence[Example]],
+    config,
+    rng,
+    *,
+    timer=None,
+) -> tuple[RolloutBatch, dict]:
+    """A rollout of B = len(examples) groups whose G rewards are not all equal (DAPO).
+
+    A zero-variance group has zero advantages, so no gradient. Rolls out `examples`, keeps the
+    groups with signal, and rolls out next_examples() (the next B prompts of the same data
+    iterator, so a checkpoint's data position covers them) until B such groups are found; at most
+    config.grpo.max_sampling_tries rollouts. Try 0 samples with `rng` (the completions a step
+    without dynamic sampling would get), try k with fold_in(rng, k).
+
+    Returns (the first B signal groups in sampling order, metrics): the metrics describe every
+    completion sampled this step (rollout_metrics), plus "dynamic_sampling/tries",
+    "dynamic_sampling/groups_sampled", "dynamic_sampling/groups_with_signal" and
+    "dynamic_sampling/groups_kept". Raises DataError when the tries run out.
+    """
+    B, max_tries = len(examples), int(config.grpo.max_sampling_tries)
+    if max_tries < 1:
+        raise ValueError(f"grpo.max_sampling_tries={max_tries}: need at least 1")
+    rollouts, kept = [], []  # kept: (rollout, group index, example)
+    while True:
+        key = rng if not rollouts else jax.random.fold_in(rng, len(rollouts))
+        r = make_rollout(generate_fn, processor, examples, config, key, timer=timer)
+        rollouts.append(r)
+        kept += [(r, int(b), examples[b]) for b in np.flatnonzero(~r.zero_variance)]
+        if len(kept) >= B:
+            break
+        if len(rollouts) == max_tries:
+            raise DataError(
+                f"grpo.dynamic_sampling: {len(rollouts)} rollouts of {B} prompts "
+                f"(grpo.max_sampling_tries={max_tries}) found only {len(kept)} of the "
+                f"{B} groups (input.batch_size) whose {config.grpo.G} rewards differ; every other "
+                "group scored the same on all its samples. Raise grpo.max_sampling_tries, or "
+                "set grpo.dynamic_sampling=False, or check that the rewards can tell the "
+                "samples apart (config.rewards, sampler.temperature)."
+            )
+        examples = next_examples()
+    metrics = rollout_metrics(rollouts)
+    metrics.update({
+        "dynamic_sampling/tries": float(len(rollouts)),
+        "dynamic_sampling/groups_sampled": float(B * len(rollouts)),
+        "dynamic_sampling/groups_with_signal": float(len(kept)),
+        "dynamic_sampling/groups_kept": float(B),
+    })  # fmt: skip
+    return gather_groups(kept[:B], processor, config), metrics
+
+
+def gather_groups(groups, processor, config) -> RolloutBatch:
+    """[(rollout, group index b, example)] -> one RolloutBatch of those groups, in that order.
+
+    The prompts are encoded again as one batch (their padding to a prompt / patch bucket may
+    differ from the rollouts' own; left padding leaves the log-probs unchanged up to float
+    rounding, which the logprob_gap metrics show).
+    """
+    G = config.grpo.G
+    prompt = encode_prompts(processor, [e for _, _, e in groups], config)
+
+    def rows(get):
+        return np.concatenate([get(r)[b * G : (b + 1) * G] for r, b, _ in groups])
+
+    return RolloutBatch(
+        prompt_ids=prompt["prompt_ids"],
+        prompt_mask=prompt["prompt_mask"],
+        pixel_values=prompt["pixel_values"],
+        image_grid_thw=prompt["image_grid_thw"],
+        completion_ids=rows(lambda r: r.completion_ids),
+        completion_mask=rows(lambda r: r.completion_mask),
+        sampler_logps=rows(lambda r: r.sampler_logps),
+        rewards=rows(lambda r: r.rewards),
+        advantages=rows(lambda r: r.advantages),
+        per_reward={k: rows(lambda r, k=k: r.per_reward[k]) for k in groups[0][0].per_reward},
+        zero_variance=np.array([r.zero_variance[b] for r, b, _ in groups]),
+        clipped=rows(lambda r: r.clipped),
+        texts=[t for r, b, _ in groups for t in r.texts[b * G : (b + 1) * G]],
+        prompts=[e.problem for _, _, e in groups],
+    )

@@ -1,7 +1,8 @@
 """Jitted train steps: GRPO update, SFT update, and (reference / old) log-probs.
 
-Train state: a plain pytree {"params": pure dict, "opt_state", "step": int32, "rng": key}; the
-params are `nnx.split(model, nnx.Param)[1].to_pure_dict()` and `graphdef` is static.
+Train state: a plain pytree {"params": pure dict, "opt_state", "step": int32}; the params are
+`nnx.split(model, nnx.Param)[1].to_pure_dict()` and `graphdef` is static. "step" counts optimizer
+updates (config.grpo.mu per GRPO rollout step).
 
 Batches (numpy on the host, placed by `place_batch`):
   prompt side, replicated:  prompt_ids / prompt_mask int32 [B, P] (left padded),
@@ -46,11 +47,11 @@ def num_micro_batches(N, micro_batch_size):
     return N // size
 
 
-def accumulate(graphdef, params, batch, micro_loss, micro_batch_size):
-    """Sum over micro-batches of micro_loss(logp, entropy, micro_batch) -> (loss, aux), and grads.
+def micro_batch_setup(graphdef, params, batch, micro_batch_size):
+    """What every micro-batched forward of a batch shares.
 
-    micro_loss returns (scalar, {name: scalar}); its aux values are summed over micro-batches.
-    Returns (loss, aux_sums, grads).
+    Returns (layout: policy.prompt_layout of the B prompts, rows int32 [num_micro, N / num_micro]:
+    each micro-batch's prompt index per sequence, num_micro).
     """
     config = graphdef_config(graphdef, params)
     B, N = batch["prompt_ids"].shape[0], batch["completion_ids"].shape[0]
@@ -58,9 +59,21 @@ def accumulate(graphdef, params, batch, micro_loss, micro_batch_size):
     layout = prompt_layout(
         config, batch["prompt_ids"], batch["prompt_mask"], batch.get("image_grid_thw")
     )
+    rows = jnp.arange(N, dtype=jnp.int32) // (N // B)
+    return layout, _micro(rows, num_micro), num_micro
+
+
+def accumulate(graphdef, params, batch, micro_loss, micro_batch_size, max_keys=()):
+    """Sum over micro-batches of micro_loss(logp, entropy, micro_batch) -> (loss, aux), and grads.
+
+    micro_loss returns (scalar, {name: scalar}); its aux values are summed over micro-batches,
+    except those named in `max_keys`, whose maximum is taken.
+    Returns (loss, aux, grads).
+    """
+    layout, rows, num_micro = micro_batch_setup(graphdef, params, batch, micro_batch_size)
     seq = {k: v for k, v in batch.items() if k not in PROMPT_KEYS}
-    seq["rows"] = jnp.arange(N, dtype=jnp.int32) // (N // B)
     xs = jax.tree.map(lambda x: _micro(x, num_micro), seq)
+    xs["rows"] = rows
     has_images = batch.get("pixel_values") is not None
 
     def encode(p):
@@ -84,13 +97,19 @@ def accumulate(graphdef, params, batch, micro_loss, micro_batch_size):
         g, fg = g if has_images else (g, None)
         g_acc = jax.tree.map(jnp.add, g_acc, g)
         f_acc = None if fg is None else f_acc + fg
-        aux_acc = jax.tree.map(jnp.add, aux_acc, aux)
+        aux_acc = {
+            k: jnp.maximum(aux_acc[k], v) if k in max_keys else aux_acc[k] + v
+            for k, v in aux.items()
+        }
         return (loss_acc + loss, aux_acc, g_acc, f_acc), None
 
     aux_shape = jax.eval_shape(lambda: loss_fn(params, feats, jax.tree.map(lambda x: x[0], xs))[1])
     init = (
         jnp.zeros((), jnp.float32),
-        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape),
+        {
+            k: jnp.full(a.shape, -jnp.inf if k in max_keys else 0, a.dtype)
+            for k, a in aux_shape.items()
+        },
         zeros(params),
         jnp.zeros_like(feats) if has_images else None,
     )
@@ -133,14 +152,16 @@ def grpo_loss_and_grads(graphdef, params, batch, g):
         sums["pg_loss"] = aux["pg_loss"]
         gap = grpo.logprob_gap(mb["sampler_logps"], jax.lax.stop_gradient(logp), m)
         sums["logprob_gap_mean_abs"] = gap["logprob_gap_mean_abs"] * tokens
-        sums["logprob_gap_max_abs"] = gap["logprob_gap_max_abs"]  # summed: an upper bound
+        sums["logprob_gap_max_abs"] = gap["logprob_gap_max_abs"]  # max over micro-batches
         return loss, sums
 
-    loss, sums, grads = accumulate(graphdef, params, batch, micro_loss, g.micro_batch_size)
+    not_means = ("pg_loss", "logprob_gap_max_abs")
+    loss, sums, grads = accumulate(
+        graphdef, params, batch, micro_loss, g.micro_batch_size, max_keys=not_means[1:]
+    )
     denom = jnp.maximum(num_tokens, 1.0)
-    metrics = {k: v / denom for k, v in sums.items() if k not in ("pg_loss", "logprob_gap_max_abs")}
-    metrics["pg_loss"] = sums["pg_loss"]
-    metrics["logprob_gap_max_abs_bound"] = sums["logprob_gap_max_abs"]
+    metrics = {k: v / denom for k, v in sums.items() if k not in not_means}
+    metrics.update({k: sums[k] for k in not_means})
     metrics["loss"] = loss
     return loss, metrics, grads
 
@@ -194,17 +215,11 @@ def sft_update(graphdef, tx, schedule, micro_batch_size, state, batch):
 
 def sequence_logprobs(graphdef, params, batch, micro_batch_size):
     """logp [N, C] of the batch's completions under `params` (no gradients), micro-batched."""
-    config = graphdef_config(graphdef, params)
-    B, N = batch["prompt_ids"].shape[0], batch["completion_ids"].shape[0]
-    num_micro = num_micro_batches(N, micro_batch_size)
-    layout = prompt_layout(
-        config, batch["prompt_ids"], batch["prompt_mask"], batch.get("image_grid_thw")
-    )
+    layout, rows, num_micro = micro_batch_setup(graphdef, params, batch, micro_batch_size)
     feats = None
     if batch.get("pixel_values") is not None:
         feats = encode_images(graphdef, params, batch["pixel_values"], batch["image_grid_thw"])
-    rows = jnp.arange(N, dtype=jnp.int32) // (N // B)
-    xs = (_micro(batch["completion_ids"], num_micro), _micro(rows, num_micro))
+    xs = (_micro(batch["completion_ids"], num_micro), rows)
 
     def one(mb):
         ids, r = mb
@@ -214,7 +229,7 @@ def sequence_logprobs(graphdef, params, batch, micro_batch_size):
         return logp
 
     logp = jax.lax.map(one, xs)  # [num_micro, N / num_micro, C]
-    return jnp.swapaxes(logp, 0, 1).reshape(N, -1)
+    return jnp.swapaxes(logp, 0, 1).reshape(batch["completion_ids"].shape[0], -1)
 
 
 # ---- Placement and jitting ----------------------------------------------------------------------
@@ -250,7 +265,7 @@ def place_batch(batch, mesh):
     return placed
 
 
-def make_train_state(params_state, tx, mesh, rules, seed):
+def make_train_state(params_state, tx, mesh, rules):
     """nnx.State of the model's Params -> (train state placed on `mesh`, its shardings)."""
     shardings = sharding.param_shardings(params_state, mesh, rules)
     # A copy (may_alias=False): the state is donated every step, the model's arrays must survive.
@@ -271,8 +286,6 @@ def make_train_state(params_state, tx, mesh, rules, seed):
         "params": params,
         "opt_state": opt_state,
         "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-        # Built under jit: device_put of a host key onto devices of several processes is refused.
-        "rng": jax.jit(lambda: jax.random.key(seed), out_shardings=replicated)(),
     }
     return state, jax.tree.map(lambda x: x.sharding, state)
 

@@ -8,20 +8,20 @@ the GRPO reference model is the warmed-up one) -> data pipeline with a resumable
 loop -> final evaluation. Evaluations: vrft_jax.evaluation; results.json, the table and the reward
 curve: vrft_jax.results. A SIGTERM outside the loop raises RunStopped once what can be saved is.
 
-Each GRPO step: rollout (sampler, G per prompt) -> rewards -> advantages -> reference log-probs
-(beta != 0) -> old log-probs (mu > 1) -> mu jitted updates. Files in the workdir: metrics.jsonl,
-samples.jsonl, tb/, checkpoints/, warmup/, eval/<tag>/, and results.json + reward_curve.png
-(evaluations: before training when config.eval_at_start, after the warm-up, every eval_every
-steps, at the end).
+Each GRPO step: rollout (sampler, G per prompt; with grpo.dynamic_sampling, more prompts until the
+batch holds input.batch_size groups with signal) -> rewards -> advantages -> reference log-probs
+(beta != 0) -> old log-probs (mu > 1) -> mu jitted updates. `total_steps` and the loop count these
+rollout steps; state["step"] counts optimizer updates (mu per step; SFT: 1). Files in the workdir:
+metrics.jsonl, samples.jsonl, tb/, checkpoints/, warmup/, eval/<tag>/, and results.json +
+reward_curve.png (evaluations: before training when config.eval_at_start, after the warm-up, every
+eval_every steps, at the end).
 """
 
 import contextlib
-import os
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from flax import nnx
 from tqdm import tqdm
@@ -34,12 +34,12 @@ from vrft_jax.inputs import PromptProcessor
 from vrft_jax.metrics import MetricsWriter, Timer
 from vrft_jax.models import compile_count as model_compile_count
 from vrft_jax.models import get_preset, random_qwen2_vl
-from vrft_jax.preemption import PreemptionGuard
+from vrft_jax.preemption import PreemptionGuard, RunStopped
 from vrft_jax.results import Results, report
-from vrft_jax.rollout import encode_prompts, make_rollout
+from vrft_jax.rollout import make_rollout, make_signal_rollout
+from vrft_jax.sft import WARMUP_DIR, sft_batch, sft_warmup
 
 TRAINERS = ("grpo", "sft")  # config.trainer
-WARMUP_DIR = "warmup"  # workdir/warmup/checkpoints: the SFT warm-up's state (stopped or finished)
 
 
 class NonFiniteError(RuntimeError):
@@ -80,8 +80,9 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     logging.info("model from %s %s", init_source, init_path)
 
     # ---- Optimizer and train state --------------------------------------------------------------
-    tx, schedule = optim.make_optimizer(config.optim, max(total_steps, 1), params_state)
-    state, state_shardings = steps.make_train_state(params_state, tx, mesh, rules, seed=config.seed)
+    per_step = updates_per_step(config)  # total_steps counts rollout steps
+    tx, schedule = optim.make_optimizer(config.optim, max(total_steps, 1) * per_step, params_state)
+    state, state_shardings = steps.make_train_state(params_state, tx, mesh, rules)
     fns = steps.TrainSteps(graphdef, config, tx, schedule, state_shardings)
     generate_fn = make_generate_fn(graphdef, model_config, config)
 
@@ -97,7 +98,7 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     elif init_source == "resume":
         state, _ = checkpoint.restore_checkpoint(init_path, abstract)  # not its data position
     resumed = init_source in ("workdir", "resume")
-    start = int(state["step"])
+    start = steps_done(state, per_step, init_path)
     if guard.requested():
         raise RunStopped(guard.phase_message("loading", f"nothing new to save ({_kept(ckpt)})"))
 
@@ -184,8 +185,9 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
         if config.trainer == "grpo":
             state, metrics, rollout = grpo_step(
                 config, state, examples, processor, fns, generate_fn, ref_params, mesh,
-                rng, timer,
+                rng, timer, next_examples=lambda: next(data_iter),
             )  # fmt: skip
+            tokens = metrics["completion_tokens"]
         else:
             with timer("update"):
                 batch = sft_batch(processor, examples, config)
@@ -194,7 +196,6 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
                 tokens = float(batch["completion_mask"].sum())
             rollout = None
         elapsed = time.perf_counter() - t0
-        tokens = float(rollout.completion_mask.sum()) if rollout is not None else tokens
         metrics.update(timer.splits())
         metrics.update(
             step_time=elapsed,
@@ -216,7 +217,7 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
                 "config.optim.lr or check the data; the last good checkpoint is in "
                 f"{ckpt.directory}."
             )
-        extra = {"data": data_iter.get_state(), "trainer": config.trainer}
+        extra = {"data": data_iter.get_state()}
         ckpt.save(step + 1, state, extra)
         if _eval_due(config, step + 1, total_steps):
             evaluate(f"step_{step + 1}", step + 1, state, extra)
@@ -232,10 +233,6 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     # ---- Final evaluation -----------------------------------------------------------------------
     final = evaluate("final", end, state, extra)
     return _finish(workdir, results, t_start, last, final)
-
-
-class RunStopped(Exception):
-    """A stop request (SIGTERM) outside the train loop; the message says what was saved."""
 
 
 def _save_before_stop(ckpt, step, state, extra) -> str:
@@ -335,15 +332,67 @@ def make_generate_fn(graphdef, model_config, config):
     return bind
 
 
+# ---- Step accounting -----------------------------------------------------------------------------
+
+
+def updates_per_step(config) -> int:
+    """Optimizer updates per loop step: grpo.mu for GRPO (mu updates on each rollout), 1 for SFT."""
+    if config.trainer != "grpo":
+        return 1
+    mu = int(config.grpo.mu)
+    if mu < 1:
+        raise ValueError(f"grpo.mu={config.grpo.mu}: need at least one update per rollout")
+    return mu
+
+
+def steps_done(state, per_step: int, source: str) -> int:
+    """Loop steps a (restored) train state has done: its optimizer updates / updates per step."""
+    updates = int(state["step"])
+    if updates % per_step:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {source!r} holds {updates} optimizer updates, not a whole number of "
+            f"rollout steps of grpo.mu={per_step} updates: it was saved with another grpo.mu."
+        )
+    return updates // per_step
+
+
 # ---- GRPO step -----------------------------------------------------------------------------------
 
 
-def grpo_step(config, state, examples, processor, fns, generate_fn, ref_params, mesh, rng, timer):
-    """One rollout and config.grpo.mu updates on it -> (state, metrics, rollout)."""
-    rollout = make_rollout(
-        generate_fn(state["params"]), processor, examples, config, rng, timer=timer
-    )
+def grpo_step(
+    config, state, examples, processor, fns, generate_fn, ref_params, mesh, rng, timer,
+    next_examples=None,
+):  # fmt: skip
+    """One rollout step: a rollout of `examples` and config.grpo.mu updates on it.
+
+    With config.grpo.dynamic_sampling, next_examples() supplies further prompts (the loop's data
+    iterator) until the batch holds len(examples) groups with signal. Returns (state, metrics,
+    rollout): metrics of every completion sampled (rollout.rollout_metrics) and of the last of the
+    mu updates; `rollout` is the batch trained on.
+    """
+    generate = generate_fn(state["params"])
+    if config.grpo.dynamic_sampling:
+        if next_examples is None:
+            raise ValueError("grpo.dynamic_sampling needs next_examples (a source of prompts)")
+        rollout, metrics = make_signal_rollout(
+            generate, processor, examples, next_examples, config, rng, timer=timer
+        )
+    else:
+        rollout = make_rollout(generate, processor, examples, config, rng, timer=timer)
+        metrics = rollout.metrics()
     batch = steps.place_batch(rollout.train_arrays(), mesh)
+    state, updates = grpo_updates(config, state, batch, fns, ref_params, timer)
+    metrics.update(updates[-1])
+    return state, metrics, rollout
+
+
+def grpo_updates(config, state, batch, fns, ref_params, timer):
+    """config.grpo.mu updates on one placed rollout batch -> (state, [host metrics per update]).
+
+    The reference log-probs (beta != 0) and, when mu > 1, the old log-probs are computed first,
+    from the params that sampled the rollout: the first update has ratio 1 (up to float rounding),
+    later ones see how far the policy moved since and can clip.
+    """
     with timer("logprobs"):
         if ref_params is not None:
             batch["ref_logps"] = fns.logprobs(ref_params, batch)
@@ -351,13 +400,12 @@ def grpo_step(config, state, examples, processor, fns, generate_fn, ref_params, 
             batch["old_logps"] = fns.logprobs(state["params"], batch)
         jax.block_until_ready(batch)
     with timer("update"):
+        device_metrics = []
         for _ in range(config.grpo.mu):
             state, m = fns.update_grpo(state, batch)
-        metrics = steps.host_metrics(m)
-    metrics.update(rollout.metrics())
-    if "format" in rollout.per_reward:
-        metrics["format_rate"] = float(np.mean(rollout.per_reward["format"] > 0))
-    return state, metrics, rollout
+            device_metrics.append(m)
+        updates = [steps.host_metrics(m) for m in device_metrics]
+    return state, updates
 
 
 def sample_rows(rollout, n):
@@ -371,99 +419,3 @@ def sample_rows(rollout, n):
             "advantage": float(rollout.advantages[i]),
         })  # fmt: skip
     return rows
-
-
-# ---- SFT -----------------------------------------------------------------------------------------
-
-
-def sft_target(example, think: str) -> str:
-    return f"<think>{think}</think>{example.solution}" if think else example.solution
-
-
-def sft_batch(processor, examples, config) -> dict:
-    """Prompt arrays + answer tokens (target text and <|im_end|>), C padded to max_new_tokens."""
-    prompt = encode_prompts(processor, examples, config)
-    targets = [sft_target(e, config.sft.think) for e in examples]
-    P = prompt["prompt_ids"].shape[1]
-    full = processor.append_completions(
-        {"input_ids": prompt["prompt_ids"], "attention_mask": prompt["prompt_mask"]}, targets
-    )
-    ids, mask = full["input_ids"][:, P:], full["loss_mask"][:, P:]
-    C = config.sampler.max_new_tokens
-    if ids.shape[1] > C:
-        raise ValueError(
-            f"an SFT target has {ids.shape[1]} tokens, more than sampler.max_new_tokens={C}"
-        )
-    pad = C - ids.shape[1]
-    batch = {k: v for k, v in prompt.items() if v is not None and k != "raw_images"}
-    batch["completion_ids"] = np.pad(ids, ((0, 0), (0, pad)), constant_values=processor.special.pad)
-    batch["completion_mask"] = np.pad(mask, ((0, 0), (0, pad))).astype(np.int32)
-    return batch
-
-
-def sft_warmup(
-    config, processor, graphdef, params_state, mesh, rules, state, fns, *, workdir="", guard=None
-):
-    """config.sft.warmup_steps supervised steps with their own constant-lr AdamW, from `state`'s
-    params. Uses its own data stream (seed + 1), so GRPO's data position is unaffected.
-
-    With `workdir`: a stop (`guard.requested()` after a step) saves the warm-up's state and data
-    position in workdir/warmup/checkpoints and raises RunStopped; the end saves the final
-    params there. A later call continues from the saved step, or returns the saved final params
-    without recomputing them (a resumed run rebuilding its reference model).
-    """
-    n = config.sft.warmup_steps
-    warm_cfg = config.optim.copy_and_resolve_references()
-    warm_cfg.lr = config.sft.lr or config.optim.lr
-    warm_cfg.schedule, warm_cfg.warmup_steps = "constant", 0
-    tx, schedule = optim.make_optimizer(warm_cfg, n, params_state)
-    warm_state, shardings = steps.make_train_state(params_state, tx, mesh, rules, config.seed)
-    warm_state["params"] = state["params"]
-    ckpt = None
-    done, data_state = 0, None
-    if workdir:
-        ckpt = checkpoint.Checkpointer(
-            os.path.join(workdir, WARMUP_DIR), every=0, keep=1, async_save=False
-        )
-        done = ckpt.latest_step() or 0
-    if done == n:  # finished earlier: only its params were kept
-        params = {"params": warm_state["params"]}
-        saved, _ = ckpt.restore(checkpoint.abstract_like(params, {"params": shardings["params"]}))
-        ckpt.close()
-        logging.info("sft warm-up: done before; its params from %s", ckpt.directory)
-        return dict(state, params=saved["params"])
-    if done:  # stopped earlier: continue from the saved state and data position
-        warm_state, extra = ckpt.restore(checkpoint.abstract_like(warm_state, shardings))
-        data_state = extra["data"]
-        print(f"sft warm-up: continuing after step {done} of {n}")
-    warm_fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings)
-    source = make_source(config.data, "train", config.seed + 1)
-    it = iter(
-        Pipeline(
-            source, batch_size=config.input.batch_size, seed=config.seed + 1, num_epochs=None,
-            num_workers=config.data.num_workers, drop_remainder=True,
-            process_index=0, process_count=1,
-        )
-    )  # fmt: skip
-    if data_state is not None:
-        it.set_state(data_state)
-    try:
-        for k in tqdm(range(done, n), initial=done, total=n, desc="sft warm-up"):
-            batch = steps.place_batch(sft_batch(processor, next(it), config), mesh)
-            warm_state, metrics = warm_fns.update_sft(warm_state, batch)
-            if guard is not None and k + 1 < n and guard.requested():
-                saved = "nothing saved (no workdir)"
-                if ckpt is not None:
-                    ckpt.save(k + 1, warm_state, {"data": it.get_state()}, force=True)
-                    saved = f"its state is saved in {ckpt.directory}"
-                phase = f"the SFT warm-up, after step {k + 1} of {n}"
-                raise RunStopped(guard.phase_message(phase, saved))
-        logging.info("sft warm-up done: loss %.4f", float(metrics["loss"]))
-        print(f"sft warm-up: final loss {float(metrics['loss']):.4f}")
-        if ckpt is not None:
-            ckpt.save(n, {"params": warm_state["params"]}, {}, force=True)
-    finally:
-        if ckpt is not None:
-            ckpt.close()
-    fns.compiles += warm_fns.compiles
-    return dict(state, params=warm_state["params"])

@@ -1,0 +1,120 @@
+"""Supervised fine-tuning pieces: answer targets, SFT batches, and the warm-up before GRPO.
+
+The SFT trainer (config.trainer = "sft", the paper's supervised baseline) and the GRPO warm-up
+(config.sft.warmup_steps) both train on `sft_batch`: the prompt arrays of `rollout.encode_prompts`
+plus the target answer's tokens as the completion, so they share the GRPO step's forward
+(steps.TrainSteps.update_sft).
+"""
+
+import os
+
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from vrft_jax import checkpoint, optim, steps
+from vrft_jax.data import make_source
+from vrft_jax.data.pipeline import Pipeline
+from vrft_jax.preemption import RunStopped
+from vrft_jax.rollout import encode_prompts
+
+WARMUP_DIR = "warmup"  # workdir/warmup/checkpoints: the SFT warm-up's state (stopped or finished)
+
+
+def sft_target(example, think: str) -> str:
+    """The answer trained on: the solution, after "<think>{think}</think>" when think is set."""
+    return f"<think>{think}</think>{example.solution}" if think else example.solution
+
+
+def sft_batch(processor, examples, config) -> dict:
+    """Prompt arrays + answer tokens (target text and <|im_end|>), C padded to max_new_tokens.
+
+    Returns the prompt arrays of `encode_prompts` (B = N: one completion per prompt) and
+    completion_ids int32 [N, C], completion_mask int32 [N, C] (1 on the answer tokens).
+    """
+    prompt = encode_prompts(processor, examples, config)
+    targets = [sft_target(e, config.sft.think) for e in examples]
+    P = prompt["prompt_ids"].shape[1]
+    full = processor.append_completions(
+        {"input_ids": prompt["prompt_ids"], "attention_mask": prompt["prompt_mask"]}, targets
+    )
+    ids, mask = full["input_ids"][:, P:], full["loss_mask"][:, P:]
+    C = config.sampler.max_new_tokens
+    if ids.shape[1] > C:
+        raise ValueError(
+            f"an SFT target has {ids.shape[1]} tokens, more than sampler.max_new_tokens={C}"
+        )
+    pad = C - ids.shape[1]
+    batch = {k: v for k, v in prompt.items() if v is not None and k != "raw_images"}
+    batch["completion_ids"] = np.pad(ids, ((0, 0), (0, pad)), constant_values=processor.special.pad)
+    batch["completion_mask"] = np.pad(mask, ((0, 0), (0, pad))).astype(np.int32)
+    return batch
+
+
+def sft_warmup(
+    config, processor, graphdef, params_state, mesh, rules, state, fns, *, workdir="", guard=None
+):
+    """config.sft.warmup_steps supervised steps with their own constant-lr AdamW, from `state`'s
+    params -> `state` with the warmed-up params. Uses its own data stream (seed + 1), so GRPO's
+    data position is unaffected; deterministic, so a resumed run can rebuild its reference.
+
+    With `workdir`: a stop (`guard.requested()` after a step) saves the warm-up's state and data
+    position in workdir/warmup/checkpoints and raises RunStopped; the end saves the final
+    params there. A later call continues from the saved step, or returns the saved final params
+    without recomputing them (a resumed run rebuilding its reference model).
+    """
+    n = config.sft.warmup_steps
+    warm_cfg = config.optim.copy_and_resolve_references()
+    warm_cfg.lr = config.sft.lr or config.optim.lr
+    warm_cfg.schedule, warm_cfg.warmup_steps = "constant", 0
+    tx, schedule = optim.make_optimizer(warm_cfg, n, params_state)
+    warm_state, shardings = steps.make_train_state(params_state, tx, mesh, rules)
+    warm_state["params"] = state["params"]
+    ckpt = None
+    done, data_state = 0, None
+    if workdir:
+        ckpt = checkpoint.Checkpointer(
+            os.path.join(workdir, WARMUP_DIR), every=0, keep=1, async_save=False
+        )
+        done = ckpt.latest_step() or 0
+    if done == n:  # finished earlier: only its params were kept
+        params = {"params": warm_state["params"]}
+        saved, _ = ckpt.restore(checkpoint.abstract_like(params, {"params": shardings["params"]}))
+        ckpt.close()
+        logging.info("sft warm-up: done before; its params from %s", ckpt.directory)
+        return dict(state, params=saved["params"])
+    if done:  # stopped earlier: continue from the saved state and data position
+        warm_state, extra = ckpt.restore(checkpoint.abstract_like(warm_state, shardings))
+        data_state = extra["data"]
+        print(f"sft warm-up: continuing after step {done} of {n}")
+    warm_fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings)
+    source = make_source(config.data, "train", config.seed + 1)
+    it = iter(
+        Pipeline(
+            source, batch_size=config.input.batch_size, seed=config.seed + 1, num_epochs=None,
+            num_workers=config.data.num_workers, drop_remainder=True,
+            process_index=0, process_count=1,
+        )
+    )  # fmt: skip
+    if data_state is not None:
+        it.set_state(data_state)
+    try:
+        for k in tqdm(range(done, n), initial=done, total=n, desc="sft warm-up"):
+            batch = steps.place_batch(sft_batch(processor, next(it), config), mesh)
+            warm_state, metrics = warm_fns.update_sft(warm_state, batch)
+            if guard is not None and k + 1 < n and guard.requested():
+                saved = "nothing saved (no workdir)"
+                if ckpt is not None:
+                    ckpt.save(k + 1, warm_state, {"data": it.get_state()}, force=True)
+                    saved = f"its state is saved in {ckpt.directory}"
+                phase = f"the SFT warm-up, after step {k + 1} of {n}"
+                raise RunStopped(guard.phase_message(phase, saved))
+        logging.info("sft warm-up done: loss %.4f", float(metrics["loss"]))
+        print(f"sft warm-up: final loss {float(metrics['loss']):.4f}")
+        if ckpt is not None:
+            ckpt.save(n, {"params": warm_state["params"]}, {}, force=True)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    fns.compiles += warm_fns.compiles
+    return dict(state, params=warm_state["params"])
