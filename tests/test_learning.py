@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from vrft_jax import optim, sharding, steps, train
+from vrft_jax import model_setup, optim, sharding, steps, train
 from vrft_jax.data import make_source
 from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.inputs import PromptProcessor
@@ -37,14 +37,14 @@ def setup(tmp_path_factory):
     config = make_config()
     processor = PromptProcessor.from_config(config)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    model = train.build_model(config, "random", "")
+    model = model_setup.build_model(config)
     graphdef, params_state = nnx.split(model, nnx.Param)
     tx, schedule = optim.make_optimizer(config.optim, GRPO_STEPS, params_state)
     state, shardings = steps.make_train_state(params_state, tx, mesh, (), config.seed)
     fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings)
     state = train.sft_warmup(config, processor, graphdef, params_state, mesh, (), state, fns)
     warm_params = jax.device_get(state["params"])
-    generate = train.make_generate_fn(graphdef, model.config, config)
+    generate = model_setup.make_generate_fn(graphdef, model.config, config)
     return config, processor, mesh, generate, params_state, tx, shardings, fns, warm_params
 
 

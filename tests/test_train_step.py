@@ -27,7 +27,7 @@ MESHES = {
 
 def make_config(**grpo):
     c = base.get_config()
-    c.grpo.G, c.grpo.micro_batch_size, c.grpo.ref_dtype = G, 2, "float32"
+    c.grpo.G, c.grpo.micro_batch_size = G, 2
     c.grpo.update(grpo)
     c.sft.micro_batch_size = 2
     c.optim.lr, c.optim.eps, c.optim.schedule = 1e-3, 1e-3, "constant"  # eps: no sign amplification

@@ -17,6 +17,12 @@ own rows) and a lax.scan sums their gradients. The images are encoded ONCE per s
 scan: the scan also accumulates the gradient with respect to the image features, and one
 vision-tower VJP at the end turns it into parameter gradients (jax.vjp). So the vision tower runs
 forward and backward once per step, whatever the number of micro-batches.
+
+Mixed precision: params (master weights) and the AdamW state stay in their stored dtype (float32
+by default); each step casts them ONCE to the model's compute dtype (policy.cast_params, inside
+the jitted program, so the copy lives only during the step), runs forward and backward on that
+copy, and sums the micro-batch gradients in the master dtype. Reference and old-policy log-probs
+(`sequence_logprobs`) take the same cast, so equal weights give bit-identical log-probs.
 """
 
 import functools
@@ -29,7 +35,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from vrft_jax import grpo, optim, sharding
-from vrft_jax.policy import encode_images, prompt_layout, rows_logprobs
+from vrft_jax.policy import cast_params, encode_images, prompt_layout, rows_logprobs
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw")
 
@@ -50,9 +56,13 @@ def accumulate(graphdef, params, batch, micro_loss, micro_batch_size):
     """Sum over micro-batches of micro_loss(logp, entropy, micro_batch) -> (loss, aux), and grads.
 
     micro_loss returns (scalar, {name: scalar}); its aux values are summed over micro-batches.
-    Returns (loss, aux_sums, grads).
+    Returns (loss, aux_sums, grads); grads in the dtype of `params` (the master weights).
     """
     config = graphdef_config(graphdef, params)
+    master = params
+    # Forward and backward on the compute-dtype copy; d(cast)/d(master) is the identity, so its
+    # gradients are the master weights' gradients (upcast before they are summed).
+    params = cast_params(params, config.compute_dtype)
     B, N = batch["prompt_ids"].shape[0], batch["completion_ids"].shape[0]
     num_micro = num_micro_batches(N, micro_batch_size)
     layout = prompt_layout(
@@ -82,8 +92,8 @@ def accumulate(graphdef, params, batch, micro_loss, micro_batch_size):
         argnums = (0, 1) if has_images else 0
         (loss, aux), g = jax.value_and_grad(loss_fn, argnums, has_aux=True)(params, feats, mb)
         g, fg = g if has_images else (g, None)
-        g_acc = jax.tree.map(jnp.add, g_acc, g)
-        f_acc = None if fg is None else f_acc + fg
+        g_acc = jax.tree.map(lambda acc, x: acc + x.astype(acc.dtype), g_acc, g)
+        f_acc = None if fg is None else f_acc + fg.astype(f_acc.dtype)
         aux_acc = jax.tree.map(jnp.add, aux_acc, aux)
         return (loss_acc + loss, aux_acc, g_acc, f_acc), None
 
@@ -91,12 +101,13 @@ def accumulate(graphdef, params, batch, micro_loss, micro_batch_size):
     init = (
         jnp.zeros((), jnp.float32),
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape),
-        zeros(params),
-        jnp.zeros_like(feats) if has_images else None,
+        zeros(master),  # sums in the master dtype, not the compute dtype
+        jnp.zeros(feats.shape, jnp.float32) if has_images else None,
     )
     (loss, aux, grads, feat_grad), _ = jax.lax.scan(body, init, xs)
     if has_images:
-        grads = jax.tree.map(jnp.add, grads, feats_vjp(feat_grad)[0])
+        vision_grads = feats_vjp(feat_grad.astype(feats.dtype))[0]
+        grads = jax.tree.map(lambda acc, x: acc + x.astype(acc.dtype), grads, vision_grads)
     return loss, aux, grads
 
 
@@ -193,8 +204,11 @@ def sft_update(graphdef, tx, schedule, micro_batch_size, state, batch):
 
 
 def sequence_logprobs(graphdef, params, batch, micro_batch_size):
-    """logp [N, C] of the batch's completions under `params` (no gradients), micro-batched."""
+    """logp [N, C] of the batch's completions under `params` (no gradients), micro-batched.
+
+    params in any dtype: cast to the compute dtype first, as the train step does."""
     config = graphdef_config(graphdef, params)
+    params = cast_params(params, config.compute_dtype)
     B, N = batch["prompt_ids"].shape[0], batch["completion_ids"].shape[0]
     num_micro = num_micro_batches(N, micro_batch_size)
     layout = prompt_layout(

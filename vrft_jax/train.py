@@ -1,7 +1,8 @@
 """The training run: `run(config, workdir)` does Visual-RFT (GRPO) or the SFT baseline end to end.
 
 Reads top to bottom: mesh -> processor -> model (checkpoint.resolve_init_source: workdir
-checkpoint > config.resume > config.model_init > random preset) -> optimizer and train state ->
+checkpoint > config.resume > config.model_init > random preset; model_setup: float32 master
+weights, compute-dtype sampler copy and reference) -> optimizer and train state ->
 optional SFT warm-up (config.sft.warmup_steps; the GRPO reference model is the warmed-up one) ->
 data pipeline with a resumable position -> checkpoints + SIGTERM guard -> the loop -> final
 evaluation.
@@ -17,21 +18,20 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from vrft_jax import checkpoint, optim, rewards, sampler, sharding, steps
+from vrft_jax import checkpoint, optim, rewards, sharding, steps
 from vrft_jax.data import make_source
 from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.evals import make_evaluators
 from vrft_jax.evals.predict import make_predict_fn
 from vrft_jax.inputs import PromptProcessor
 from vrft_jax.metrics import MetricsWriter, Timer
+from vrft_jax.model_setup import build_model, make_generate_fn, reference_params, sampler_compiles
 from vrft_jax.models import compile_count as model_compile_count
-from vrft_jax.models import get_preset, random_qwen2_vl
 from vrft_jax.preemption import PreemptionGuard
 from vrft_jax.rollout import encode_prompts, make_rollout
 
@@ -52,7 +52,7 @@ def run(config, workdir: str) -> dict:
     rules = sharding.make_rules(config.mesh_rules)
     processor = PromptProcessor.from_config(config)
     init_source, init_path = checkpoint.resolve_init_source(workdir, config)
-    model = build_model(config, init_source, init_path)
+    model = build_model(config)
     graphdef, params_state = nnx.split(model, nnx.Param)
     model_config = model.config
     logging.info("model from %s %s", init_source, init_path)
@@ -111,11 +111,7 @@ def run(config, workdir: str) -> dict:
         start_params = sft_warmup(
             config, processor, graphdef, params_state, mesh, rules, init_state, fns
         )["params"]
-    ref_params = None
-    if config.trainer == "grpo" and config.grpo.beta != 0:
-        # A copy (never an alias of the donated train params), in the reference dtype.
-        ref_dtype = jnp.dtype(config.grpo.ref_dtype)
-        ref_params = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype, copy=True), start_params)
+    ref_params = reference_params(config, start_params)  # None without a KL term
 
     # ---- Data -----------------------------------------------------------------------------------
     source = make_source(config.data, "train", config.seed)
@@ -212,58 +208,6 @@ def run(config, workdir: str) -> dict:
     out["evaluations"] = evaluations
     out["wall_s"] = wall
     return out
-
-
-# ---- Model ---------------------------------------------------------------------------------------
-
-
-def build_model(config, init_source, init_path):
-    """The model at its initial weights (a checkpoint's weights are restored later, into these)."""
-    from vrft_jax import hf
-
-    m = config.model
-    kwargs = dict(
-        prompt_buckets=tuple(config.input.prompt_buckets),
-        patch_buckets=tuple(config.input.patch_buckets),
-    )
-    if config.model_init:  # also the shape source for checkpoints of a HF-initialised run
-        model = hf.load_qwen2_vl(config.model_init, dtype=jnp.dtype(m.param_dtype), **kwargs)
-        model.config = model.config.replace(
-            compute_dtype=m.compute_dtype, attention=m.attention, remat=m.remat,
-            vision_remat=m.vision_remat, scan_layers=m.scan_layers,
-        )  # fmt: skip
-        return model
-    preset = get_preset(
-        m.preset, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
-        attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
-        scan_layers=m.scan_layers,
-    )  # fmt: skip
-    return random_qwen2_vl(preset, seed=config.seed, **kwargs)
-
-
-def make_generate_fn(graphdef, model_config, config):
-    """params -> generate(input_ids, attention_mask, pixel_values, image_grid_thw, **sampling),
-    the sampler bound to those params (compiled programs shared across params)."""
-    options = dict(
-        prompt_buckets=tuple(config.input.prompt_buckets),
-        patch_buckets=tuple(config.input.patch_buckets),
-        batch_buckets=tuple(config.sampler.batch_buckets),
-        cache_dtype=jnp.dtype(config.model.compute_dtype),
-    )
-
-    def bind(params):
-        def generate(*args, **kwargs):
-            return sampler.generate_with_state(
-                graphdef, params, model_config, *args, sampler_options=options, **kwargs
-            )
-
-        return generate
-
-    return bind
-
-
-def sampler_compiles():
-    return sum(s.compile_count() for s in sampler._SAMPLERS.values())
 
 
 # ---- GRPO step -----------------------------------------------------------------------------------
