@@ -65,7 +65,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from vrft_jax import buckets, optim, policy, sharding, steps
 from vrft_jax.models import Qwen2VL, get_preset
@@ -186,11 +185,8 @@ def build(c, P, side, fsdp=1):
     # nnx.State (as train.py passes) do not match the pure-dict params tx.init receives.
     tx, schedule = optim.make_optimizer(c.optim, max(int(c.total_steps), 1), params)
     # The moments follow their parameter's sharding (as steps.make_train_state places them).
-    init = jax.jit(tx.init).lower(params).compile()
+    opt_shardings = steps.opt_state_shardings(tx, params, param_shardings, mesh)
     replicated = sharding.replicated(mesh)
-    opt_shardings = jax.tree.map(
-        lambda s: s if isinstance(s, NamedSharding) else replicated, init.output_shardings
-    )
     state = {
         "params": params,
         "opt_state": _on(jax.eval_shape(tx.init, params), opt_shardings),

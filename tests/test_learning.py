@@ -4,7 +4,8 @@ shapes task, and the same run with the policy gradient's sign flipped does not, 
 advantage bug fails the test.
 
 Both arms use the same compiled programs, data order and sampling seeds; only
-config.grpo.advantage_sign differs (applied to the advantages on the host).
+config.grpo.advantage_sign differs (applied to the advantages on the host). Run with float32 and
+with bf16 compute (float32 master weights), the paper's setting.
 """
 
 import jax
@@ -32,9 +33,12 @@ def make_config():
     return c
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def setup(request):
+    """The shared warm start, in float32 compute and in the paper's bf16 compute (float32 master
+    weights in both)."""
     config = make_config()
+    config.model.compute_dtype = request.param
     processor = PromptProcessor.from_config(config)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     model = model_setup.build_model(config)

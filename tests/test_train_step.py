@@ -213,3 +213,24 @@ def test_nonfinite_loss_is_skipped_and_counted(one_device_fns, one_device):
     before, state, metrics = run_step(mesh, state, fns, batch)
     assert metrics["nonfinite_in_row"] == 1 and metrics["nonfinite_total"] == 1
     jax.tree.map(np.testing.assert_array_equal, before, state["params"])
+
+
+def test_adam_moments_follow_parameter_shardings():
+    """Under FSDP each Adam moment is split like its parameter (jit(tx.init) alone replicated the
+    zero moments: every device held both full float32 moments); counters are replicated."""
+    mesh = sharding.make_mesh(MESHES["fsdp4_tensor2"])
+    graphdef, params = model_params()
+    tx, _ = optim.make_optimizer(make_config().optim, 10, params)
+    state, shardings = steps.make_train_state(params, tx, mesh, sharding.make_rules(()), seed=0)
+    by_path = dict(jax.tree_util.tree_leaves_with_path(state["params"]))
+    moments = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"]):
+        param = next((by_path[path[i:]] for i in range(len(path)) if path[i:] in by_path), None)
+        if param is None:
+            assert leaf.sharding.is_fully_replicated, path
+            continue
+        moments += 1
+        assert leaf.sharding == param.sharding, path
+    assert moments == 2 * len(by_path)  # mu and nu of every parameter
+    split = [x for x in jax.tree.leaves(state["opt_state"]) if not x.sharding.is_fully_replicated]
+    assert split and all(x.addressable_shards[0].data.size < x.size for x in split)

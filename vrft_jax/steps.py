@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from vrft_jax import grpo, optim, sharding
 from vrft_jax.policy import cast_params, encode_images, prompt_layout, rows_logprobs
@@ -264,23 +263,40 @@ def place_batch(batch, mesh):
     return placed
 
 
-def make_train_state(params_state, tx, mesh, rules, seed):
-    """nnx.State of the model's Params -> (train state placed on `mesh`, its shardings)."""
-    shardings = sharding.param_shardings(params_state, mesh, rules)
-    # A copy (may_alias=False): the state is donated every step, the model's arrays must survive.
-    params = jax.device_put(
-        nnx.to_pure_dict(params_state), nnx.to_pure_dict(shardings), may_alias=False
-    )
+def opt_state_shardings(tx, params, param_shardings, mesh):
+    """Shardings of tx.init(params): each Adam moment as its parameter (found by its key path,
+    which ends with the parameter's), counters and the rest replicated.
+
+    Without this, jit(tx.init) leaves the zero moments unconstrained and XLA replicates them:
+    under FSDP every device would hold both full float32 moments.
+    """
+    by_path = {
+        path: s for path, s in jax.tree_util.tree_leaves_with_path(param_shardings)
+    }  # fmt: skip
+    shapes = dict(jax.tree_util.tree_leaves_with_path(params))
     replicated = sharding.replicated(mesh)
 
-    # Moments follow their parameter's sharding; counters created from nothing land on one
-    # device: replicate every leaf not already placed on the mesh, so the state's shardings equal
-    # the update's out_shardings (otherwise the second step compiles again).
-    def spread(x):
-        on_mesh = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
-        return x if on_mesh else jax.device_put(np.asarray(x), replicated)
+    def find(path, leaf):
+        for start in range(len(path)):
+            tail = path[start:]
+            if tail in by_path and tuple(shapes[tail].shape) == tuple(leaf.shape):
+                return by_path[tail]
+        return replicated
 
-    opt_state = jax.tree.map(spread, jax.jit(tx.init)(params))
+    abstract = jax.eval_shape(tx.init, params)
+    return jax.tree_util.tree_map_with_path(find, abstract)
+
+
+def make_train_state(params_state, tx, mesh, rules, seed):
+    """nnx.State of the model's Params -> (train state placed on `mesh`, its shardings)."""
+    shardings = nnx.to_pure_dict(sharding.param_shardings(params_state, mesh, rules))
+    # A copy (may_alias=False): the state is donated every step, the model's arrays must survive.
+    params = jax.device_put(nnx.to_pure_dict(params_state), shardings, may_alias=False)
+    replicated = sharding.replicated(mesh)
+    # Moments follow their parameter's sharding, everything else is replicated, so the state's
+    # shardings equal the update's out_shardings (otherwise the second step compiles again).
+    opt_shardings = opt_state_shardings(tx, params, shardings, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = {
         "params": params,
         "opt_state": opt_state,
