@@ -4,29 +4,36 @@
     PYTHONPATH=. python bench/train_step_cost.py --remat full --micro-batch-size 32
     PYTHONPATH=. python bench/train_step_cost.py --preset 7b --freeze-vision
     PYTHONPATH=. python bench/train_step_cost.py --sweep            # micro-batch x remat table
+    PYTHONPATH=. python bench/train_step_cost.py --fsdp 1,2,4,8     # per device over FSDP sizes
 
 Builds the real jitted GRPO update (vrft_jax.steps.TrainSteps(...).update_grpo, state donated)
-for one device with the parameters, the AdamW state (optim.make_optimizer) and the step batch as
-jax.ShapeDtypeStruct (nnx.eval_shape / jax.eval_shape: nothing is allocated), lowers and compiles
-it on the local backend (CPU), and prints:
+with the parameters (float32 master weights), the AdamW state (optim.make_optimizer) and the step
+batch as jax.ShapeDtypeStruct (nnx.eval_shape / jax.eval_shape: nothing is allocated), placed as
+the trainer places them on a mesh of --fsdp devices (fake CPU devices; parameters and moments
+split over fsdp, sequence rows and image slots over the batch axes), lowers and compiles it on
+the local backend (CPU), and prints, per device:
 - memory_analysis(): argument, output, aliased (donated) and temporary bytes; the step's peak
   estimate = arguments + temporaries + outputs - aliased, plus the frozen reference copy that stays
-  resident beside it when beta != 0 (grpo.ref_dtype; it computes ref_logps before the update);
+  resident beside it when beta != 0 (the initial weights in the compute dtype, split like the
+  parameters; it computes ref_logps before the update). The step's own compute-dtype copy of the
+  weights is among the temporaries;
 - the largest arrays of the compiled program (what dominates the temporaries);
 - flops of the step: matmul flops counted on the jaxpr with every scan multiplied by its length
   (XLA's cost_analysis() counts a loop body once, so its number for this scanned program is far
   too low; it is printed beside, for reference), per completion token, and the time one step
   would take at the GPU's dense bf16 peak;
-- a floor: train state + batch + two gradient copies (accumulated, current micro-batch) + what
-  JAX saves for the backward (jax._src.ad_checkpoint.saved_residuals of the vision tower over all
-  images and of one micro-batch) + the reference copy.
+- a floor: train state + batch + the accumulated gradients (master dtype) + the current
+  micro-batch's gradients and the cast weights (compute dtype) + what JAX saves for the backward
+  (jax._src.ad_checkpoint.saved_residuals of the vision tower over all images and of one
+  micro-batch, divided over the devices) + the reference copy.
 CPU XLA's memory plan (buffer assignment, fusion, rematerialisation) is only an estimate of what
 GPU XLA will do: CPU XLA also computes bf16 elementwise work in float32 and keeps float32 copies
 of bf16 arrays (weight-sized ones in the optimizer update), so with bf16 it overestimates; expect
 GPU XLA between the floor and the CPU plan (with float32 params the two agree within 6%). cudnn
 attention (model.attention="cudnn") is not compiled here (XLA attention keeps [H, T, T] scores).
 
-Measured here (jax 0.10.2 CPU; 2b, B=16 x G=8, C=256, bf16; GiB incl. the 4.1 GiB reference):
+Measured before float32 master weights (bf16 params and Adam state; one device; jax 0.10.2 CPU;
+2b, B=16 x G=8, C=256; GiB incl. the 4.1 GiB reference):
     micro  remat  CPU plan  floor      micro  remat  CPU plan  floor
         8  none     217.8   144.9          8  full      41.4   28.2
        16  none     270.7   172.7         16  full      46.9   29.8
