@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vrft_jax import optim, policy, sharding, steps
+from vrft_jax import model_setup, optim, policy, sharding, steps
 from vrft_jax.generation import sampler
 from vrft_jax.generation.sampling_rules import SamplingRule
 from vrft_jax.metrics import Timer
@@ -83,12 +83,10 @@ def step_config(p: StepPreset):
     c = base.get_config()
     common.reference_training(c, "2b")
     c.model_init = ""  # random weights; the shipped tokenizer
-    c.model.param_dtype, c.model.compute_dtype = p.param_dtype, p.compute_dtype
+    c.model.master_dtype, c.model.compute_dtype = p.param_dtype, p.compute_dtype
     c.input.batch_size, c.grpo.G = p.prompts, p.samples
     c.grpo.micro_batch_size = p.micro_batch
     c.sampler.max_new_tokens = p.new_tokens
-    if p.compute_dtype == "float32":
-        c.grpo.ref_dtype = "float32"  # an all-float32 run (CPU) keeps a float32 reference too
     return c
 
 
@@ -183,8 +181,7 @@ def run_steps(p: StepPreset, num_steps: int, seed: int):
         params_state, tx, mesh, sharding.make_rules(c.mesh_rules)
     )
     fns = steps.TrainSteps(graphdef, c, tx, schedule, shardings)
-    ref_dtype = jnp.dtype(c.grpo.ref_dtype)
-    ref_params = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype, copy=True), state["params"])
+    ref_params = model_setup.reference_params(c, state["params"])  # as the trainer builds it
     facts = {"params": sum(x.size for x in jax.tree.leaves(params_state))}
     model_config = model.config
     del model, params_state  # the train state holds its own copy: free the model's

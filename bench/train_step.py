@@ -5,7 +5,7 @@
     PYTHONPATH=. python bench/train_step.py --preset 7b          # 8 x G=4 = 32 x (378 + 256)
 
 Ours: the trainer's own programs (vrft_jax.steps.TrainSteps over configs/base.py with the paper's
-GRPO settings, beta 0.04): `logprobs` of the frozen reference copy (grpo.ref_dtype), then
+GRPO settings, beta 0.04): `logprobs` of the frozen reference (model_setup.reference_params), then
 `update_grpo` (policy forward+backward in micro-batches, the GRPO loss, AdamW; state donated).
 Theirs: transformers' Qwen2VLForConditionalGeneration holding the same weights (bench/hf_twin.py)
 in the compute dtype: the reference forward under no_grad, then forward+backward of the same loss
@@ -39,11 +39,10 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vrft_jax import buckets, optim, sharding, steps
+from vrft_jax import buckets, model_setup, optim, sharding, steps
 from vrft_jax.models import get_preset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -118,13 +117,11 @@ def train_config(t: TrainPreset, b: Preset, remat: str):
 
     c = base.get_config()
     common.reference_training(c, "7b" if t.model == "7b" else "2b")
-    c.model.param_dtype, c.model.compute_dtype = t.param_dtype, t.compute_dtype
+    c.model.master_dtype, c.model.compute_dtype = t.param_dtype, t.compute_dtype
     c.model.remat = remat
     c.input.batch_size, c.grpo.G = b.prompts, b.samples
     c.grpo.micro_batch_size = t.micro_batch
     c.sampler.max_new_tokens = b.new_tokens
-    if t.param_dtype == "float32" and t.compute_dtype == "float32":
-        c.grpo.ref_dtype = "float32"  # an all-float32 run (CPU) keeps a float32 reference too
     return c
 
 
@@ -176,15 +173,14 @@ def run_ours(model, c, host_batch, steps_timed: int):
         params_state, tx, mesh, sharding.make_rules(c.mesh_rules)
     )
     fns = steps.TrainSteps(graphdef, c, tx, schedule, shardings)
-    ref_dtype = jnp.dtype(c.grpo.ref_dtype)
-    ref_params = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype, copy=True), state["params"])
+    ref_params = model_setup.reference_params(c, state["params"])  # as the trainer builds it
     for x in jax.tree.leaves(params_state):  # the train state holds a copy (7b: 16.6 GB freed)
         x.delete()
     batch = steps.place_batch(host_batch, mesh)
     t0 = time.perf_counter()
     batch["ref_logps"] = jax.block_until_ready(fns.logprobs(ref_params, batch))
     ref_first = time.perf_counter() - t0
-    ref_logp = np.asarray(batch["ref_logps"])  # the same-model check (weights in ref_dtype)
+    ref_logp = np.asarray(batch["ref_logps"])  # the same-model check (weights in the compute dtype)
     t0 = time.perf_counter()
     update = fns.update_grpo.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -423,7 +419,8 @@ def main():
     if theirs:
         gap = np.abs(ours["ref_logp"] - theirs["ref_logp"])
         print(
-            f"same model: reference log-probs ours ({c.grpo.ref_dtype} weights) vs transformers "
+            f"same model: reference log-probs ours ({c.model.compute_dtype} weights) vs "
+            f"transformers "
             f"({t.compute_dtype}), mean |diff| {gap.mean():.2e}, max {gap.max():.2e} (of mean "
             f"|logp| {np.abs(ours['ref_logp']).mean():.2f})"
         )

@@ -4,29 +4,36 @@
     PYTHONPATH=. python bench/train_step_cost.py --remat full --micro-batch-size 32
     PYTHONPATH=. python bench/train_step_cost.py --preset 7b --freeze-vision
     PYTHONPATH=. python bench/train_step_cost.py --sweep            # micro-batch x remat table
+    PYTHONPATH=. python bench/train_step_cost.py --fsdp 1,2,4,8     # per device over FSDP sizes
 
 Builds the real jitted GRPO update (vrft_jax.steps.TrainSteps(...).update_grpo, state donated)
-for one device with the parameters, the AdamW state (optim.make_optimizer) and the step batch as
-jax.ShapeDtypeStruct (nnx.eval_shape / jax.eval_shape: nothing is allocated), lowers and compiles
-it on the local backend (CPU), and prints:
+with the parameters (float32 master weights), the AdamW state (optim.make_optimizer) and the step
+batch as jax.ShapeDtypeStruct (nnx.eval_shape / jax.eval_shape: nothing is allocated), placed as
+the trainer places them on a mesh of --fsdp devices (fake CPU devices; parameters and moments
+split over fsdp, sequence rows and image slots over the batch axes), lowers and compiles it on
+the local backend (CPU), and prints, per device:
 - memory_analysis(): argument, output, aliased (donated) and temporary bytes; the step's peak
   estimate = arguments + temporaries + outputs - aliased, plus the frozen reference copy that stays
-  resident beside it when beta != 0 (grpo.ref_dtype; it computes ref_logps before the update);
+  resident beside it when beta != 0 (the initial weights in the compute dtype, split like the
+  parameters; it computes ref_logps before the update). The step's own compute-dtype copy of the
+  weights is among the temporaries;
 - the largest arrays of the compiled program (what dominates the temporaries);
 - flops of the step: matmul flops counted on the jaxpr with every scan multiplied by its length
   (XLA's cost_analysis() counts a loop body once, so its number for this scanned program is far
   too low; it is printed beside, for reference), per completion token, and the time one step
   would take at the GPU's dense bf16 peak;
-- a floor: train state + batch + two gradient copies (accumulated, current micro-batch) + what
-  JAX saves for the backward (jax._src.ad_checkpoint.saved_residuals of the vision tower over all
-  images and of one micro-batch) + the reference copy.
+- a floor: train state + batch + the accumulated gradients (master dtype) + the current
+  micro-batch's gradients and the cast weights (compute dtype) + what JAX saves for the backward
+  (jax._src.ad_checkpoint.saved_residuals of the vision tower over all images and of one
+  micro-batch, divided over the devices) + the reference copy.
 CPU XLA's memory plan (buffer assignment, fusion, rematerialisation) is only an estimate of what
 GPU XLA will do: CPU XLA also computes bf16 elementwise work in float32 and keeps float32 copies
 of bf16 arrays (weight-sized ones in the optimizer update), so with bf16 it overestimates; expect
 GPU XLA between the floor and the CPU plan (with float32 params the two agree within 6%). cudnn
 attention (model.attention="cudnn") is not compiled here (XLA attention keeps [H, T, T] scores).
 
-Measured here (jax 0.10.2 CPU; 2b, B=16 x G=8, C=256, bf16; GiB incl. the 4.1 GiB reference):
+Measured before float32 master weights (bf16 params and Adam state; one device; jax 0.10.2 CPU;
+2b, B=16 x G=8, C=256; GiB incl. the 4.1 GiB reference):
     micro  remat  CPU plan  floor      micro  remat  CPU plan  floor
         8  none     217.8   144.9          8  full      41.4   28.2
        16  none     270.7   172.7         16  full      46.9   29.8
@@ -50,16 +57,23 @@ the module itself imports without it.
 
 import argparse
 import functools
+import os
 import re
 import time
 import types
+
+if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # --fsdp N compiles for N devices: fake CPU devices (set before jax is imported).
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vrft_jax import buckets, optim, policy, steps
+from vrft_jax import buckets, optim, policy, sharding, steps
 from vrft_jax.models import Qwen2VL, get_preset
 
 GiB = 2**30
@@ -81,8 +95,9 @@ def step_config(args):
     c.model.preset = args.preset
     c.model.remat = args.remat or c.model.remat
     c.model.vision_remat = getattr(args, "vision_remat", None) or c.model.vision_remat
-    c.model.param_dtype = args.param_dtype or c.model.param_dtype
+    c.model.master_dtype = getattr(args, "master_dtype", None) or c.model.master_dtype
     c.model.compute_dtype = args.compute_dtype or c.model.compute_dtype
+    c.optim.mu_dtype = getattr(args, "mu_dtype", None) or c.optim.mu_dtype
     c.input.batch_size = args.prompts or c.input.batch_size
     c.grpo.G = args.G or c.grpo.G
     c.sampler.max_new_tokens = args.completion or c.sampler.max_new_tokens
@@ -123,41 +138,83 @@ def abstract_batch(model_config, B, G, P, C, side, with_ref):
     return batch
 
 
-def build(c, P, side):
-    """ConfigDict, prompt bucket P, image side (pixels) -> namespace of the jitted `update`,
-    abstract `state` and `batch`, `graphdef`, `model_config`, `ref_bytes` (the frozen reference
-    copy's bytes)."""
+def _on(sds_tree, shardings):
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sds_tree, shardings
+    )
+
+
+def _device_bytes(sds_tree):
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+    return sum(
+        int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+        for x in jax.tree.leaves(sds_tree)
+    )
+
+
+def place_abstract_batch(batch, mesh):
+    """steps.place_batch's placement on ShapeDtypeStructs: prompt side replicated, sequence rows
+    (and per-image slots when their count divides) split over the batch axes."""
+    split, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    ways = sharding.batch_ways(mesh)
+
+    def where(key, x):
+        if key == "pixel_values":
+            return split if len(x.shape) == 3 and x.shape[0] % ways == 0 else replicated
+        return replicated if key in steps.PROMPT_KEYS else split
+
+    sds = jax.ShapeDtypeStruct
+    return {k: sds(x.shape, x.dtype, sharding=where(k, x)) for k, x in batch.items()}
+
+
+def build(c, P, side, fsdp=1):
+    """ConfigDict, prompt bucket P, image side (pixels), devices on the fsdp axis -> namespace of
+    the jitted `update` (the trainer's, with its out_shardings), abstract `state` and `batch`
+    placed as the trainer places them, `graphdef`, `model_config`, `ref_bytes` (the frozen
+    reference copy's bytes per device: the initial weights in the compute dtype, sharded like the
+    parameters)."""
     m = c.model
     model_config = get_preset(
-        m.preset, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
+        m.preset, param_dtype=m.master_dtype, compute_dtype=m.compute_dtype,
         attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
         scan_layers=m.scan_layers,
     )  # fmt: skip
+    if len(jax.devices()) < fsdp:
+        raise SystemExit(f"--fsdp {fsdp}: only {len(jax.devices())} devices (set XLA_FLAGS)")
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", fsdp), ("tensor", 1)), jax.devices()[:fsdp])
     abstract = nnx.eval_shape(lambda: Qwen2VL(model_config, rngs=nnx.Rngs(0)))
     graphdef, params_state = nnx.split(abstract, nnx.Param)
+    param_shardings = nnx.to_pure_dict(sharding.param_shardings(params_state, mesh))
     params = nnx.to_pure_dict(params_state)
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    params = _on(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
+                 param_shardings)  # fmt: skip
     # Built over the pure dict the train state holds: with optim.freeze, labels built over the
     # nnx.State (as train.py passes) do not match the pure-dict params tx.init receives.
     tx, schedule = optim.make_optimizer(c.optim, max(int(c.total_steps), 1), params)
+    # The moments follow their parameter's sharding (as steps.make_train_state places them).
+    opt_shardings = steps.opt_state_shardings(tx, params, param_shardings, mesh)
+    replicated = sharding.replicated(mesh)
     state = {
         "params": params,
-        "opt_state": jax.eval_shape(tx.init, params),
-        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "opt_state": _on(jax.eval_shape(tx.init, params), opt_shardings),
+        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
     }
     with_ref = float(c.grpo.beta) != 0.0
     batch = abstract_batch(
         model_config, int(c.input.batch_size), int(c.grpo.G), P,
         int(c.sampler.max_new_tokens), side, with_ref,
     )  # fmt: skip
+    batch = place_abstract_batch(batch, mesh)
     ref_bytes = 0
-    if with_ref:  # the frozen reference copy (train.py casts the initial params to ref_dtype)
-        itemsize = jnp.dtype(c.grpo.ref_dtype).itemsize
-        ref_bytes = sum(x.size * itemsize for x in jax.tree.leaves(params))
-    update = steps.TrainSteps(graphdef, c, tx, schedule).update_grpo
+    if with_ref:  # model_setup.reference_params: the initial weights in the compute dtype
+        ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(m.compute_dtype),
+                                                          sharding=x.sharding), params)  # fmt: skip
+        ref_bytes = _device_bytes(ref)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    update = steps.TrainSteps(graphdef, c, tx, schedule, shardings).update_grpo
     return types.SimpleNamespace(
         update=update, state=state, batch=batch, graphdef=graphdef, model_config=model_config,
-        ref_bytes=ref_bytes,
+        ref_bytes=ref_bytes, fsdp=fsdp,
     )  # fmt: skip
 
 
@@ -183,7 +240,10 @@ def saved_for_backward(b, micro_batch_size):
         ]
         return sorted(out, key=lambda row: -row[0])
 
-    batch, params, g = b.batch, b.state["params"], b.graphdef
+    batch, g = b.batch, b.graphdef
+    # The step runs on the compute-dtype cast of the master weights (steps.accumulate).
+    to_compute = functools.partial(policy.cast_params, dtype=b.model_config.compute_dtype)
+    params = jax.eval_shape(to_compute, b.state["params"])
     images = (batch["pixel_values"], batch["image_grid_thw"])
     vision = saved_residuals(functools.partial(policy.encode_images, g), params, *images)
     feats = jax.eval_shape(functools.partial(policy.encode_images, g), params, *images)
@@ -277,10 +337,10 @@ def largest_arrays(hlo_text, top):
     return rows[:top]
 
 
-def measure(c, P=384, side=448, top=0):
-    """Compile one configuration -> dict of memory (bytes), flops and timings."""
+def measure(c, P=384, side=448, top=0, fsdp=1):
+    """Compile one configuration -> dict of memory (bytes per device), flops and timings."""
     t0 = time.perf_counter()
-    b = build(c, P, side)
+    b = build(c, P, side, fsdp)
     update, state, batch = b.update, b.state, b.batch
     jaxpr = jax.make_jaxpr(update)(state, batch)
     flops = matmul_flops(jaxpr.jaxpr)
@@ -307,16 +367,25 @@ def measure(c, P=384, side=448, top=0):
         "batch": {k: (tuple(v.shape), v.dtype.name) for k, v in batch.items()},
         "config": b.model_config,
         "P": P,
+        "fsdp": fsdp,
     }
     out["peak"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"]
     out["resident_peak"] = out["peak"] + b.ref_bytes
     out["floor"] = None
     if saved is not None:
-        # What no backend can avoid: the train state and batch, the accumulated and the current
-        # micro-batch's gradients (param dtype), the saved residuals, the reference copy.
-        grad_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state["params"]))
-        residuals = sum(row[0] for rows in saved.values() for row in rows)
-        out["floor"] = out["arguments"] + 2 * grad_bytes + residuals + b.ref_bytes
+        # What no backend can avoid, per device: the train state and batch, the accumulated
+        # gradients (master dtype), the current micro-batch's gradients and the cast weights
+        # (compute dtype), the saved residuals (rows and images split over the batch axes),
+        # the reference copy.
+        master = _device_bytes(state["params"])
+        compute = (
+            master
+            * jnp.dtype(c.model.compute_dtype).itemsize
+            // jnp.dtype(c.model.master_dtype).itemsize
+        )
+        cast_copy = compute if c.model.compute_dtype != c.model.master_dtype else 0
+        residuals = sum(row[0] for rows in saved.values() for row in rows) // fsdp
+        out["floor"] = out["arguments"] + master + compute + cast_copy + residuals + b.ref_bytes
     if top:
         out["largest"] = largest_arrays(compiled.as_text(), top)
     return out
@@ -339,7 +408,8 @@ def report(c, r):
     N = B * G
     num_micro = steps.num_micro_batches(N, int(g.micro_batch_size))
     print(
-        f"Qwen2-VL {m.preset} ({r['params'] / 1e9:.2f}B params, {m.param_dtype} params, "
+        f"Qwen2-VL {m.preset} ({r['params'] / 1e9:.2f}B params, {m.master_dtype} master weights"
+        f" and Adam state (first moment {c.optim.mu_dtype or m.master_dtype}), "
         f"{m.compute_dtype} compute, remat {m.remat} (vision {m.vision_remat}), "
         f"freeze {c.optim.freeze or 'none'}); "
         f"backend {jax.default_backend()}, traced in {r['trace_s']:.0f} s, compiled in "
@@ -347,7 +417,8 @@ def report(c, r):
     )
     print(
         f"step batch: B={B} prompts x G={G} = N={N} completions of C={C} tokens, prompt bucket "
-        f"{r['P']}, beta {g.beta}; {num_micro} micro-batches of {N // num_micro}"
+        f"{r['P']}, beta {g.beta}; {num_micro} micro-batches of {N // num_micro}; fsdp "
+        f"{r['fsdp']} (memory per device)"
     )
     for k, (shape, dtype) in r["batch"].items():
         print(f"  {k:15s} {dtype:8s} {shape}")
@@ -356,7 +427,7 @@ def report(c, r):
         print(f"  {k:12s} {r[k] / GiB:8.2f} GiB")
     print(f"  step peak    {r['peak'] / GiB:8.2f} GiB  (arguments + temporaries + outputs - alias)")
     if r["ref_params"]:
-        print(f"  + reference  {r['ref_params'] / GiB:8.2f} GiB  (frozen {g.ref_dtype} copy)")
+        print(f"  + reference  {r['ref_params'] / GiB:8.2f} GiB  (frozen {m.compute_dtype} copy)")
     print(f"  = resident   {r['resident_peak'] / GiB:8.2f} GiB  fits {fits(r['resident_peak'])}")
     print(f"  ({FITS_NOTE})")
     if r["floor"] is not None:
@@ -425,6 +496,30 @@ def sweep(args):
             )
 
 
+def fsdp_sweep(args, sizes):
+    """The configuration at fsdp = each of `sizes` devices: one compile each, one line each."""
+    print(
+        f"one GRPO update of {args.preset} per device, GiB: step = CPU XLA's plan (arguments + "
+        "temporaries + outputs - aliased), +ref = with the frozen reference copy, floor = state "
+        "+ batch + gradients + cast weights + saved residuals + reference"
+    )
+    print(f"fits: {FITS_NOTE}")
+    print(
+        f"{'fsdp':>4s} {'state':>7s} {'step':>7s} {'+ref':>7s} {'temp':>7s} {'floor':>7s} "
+        f"{'compile':>7s}  fits +ref (80 / 141 GiB)  fits floor"
+    )
+    for fsdp in sizes:
+        c = step_config(args)
+        r = measure(c, args.prompt_len, args.image_side, fsdp=fsdp)
+        floor = r["floor"] or float("nan")
+        print(
+            f"{fsdp:4d} {r['arguments'] / GiB:7.1f} {r['peak'] / GiB:7.1f} "
+            f"{r['resident_peak'] / GiB:7.1f} {r['temporaries'] / GiB:7.1f} {floor / GiB:7.1f} "
+            f"{r['compile_s']:6.0f}s  {fits(r['resident_peak']):24s}  {fits(floor)}",
+            flush=True,
+        )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", choices=("tiny", "2b", "7b"), default="2b")
@@ -438,8 +533,12 @@ def main(argv=None):
     )
     ap.add_argument("--prompt-len", type=int, default=384, help="prompt bucket P")
     ap.add_argument("--image-side", type=int, default=448, help="pixels of each square image")
-    ap.add_argument("--param-dtype", choices=("float32", "bfloat16"))
+    ap.add_argument("--master-dtype", choices=("float32", "bfloat16"), help="model.master_dtype")
     ap.add_argument("--compute-dtype", choices=("float32", "bfloat16"))
+    ap.add_argument("--mu-dtype", choices=("float32", "bfloat16"), help="optim.mu_dtype")
+    ap.add_argument(
+        "--fsdp", default="1", help="devices on the fsdp axis; a list (1,2,4,8) prints a table"
+    )
     ap.add_argument("--beta", type=float, help="KL weight (0 drops ref_logps and the ref copy)")
     ap.add_argument("--freeze-vision", action="store_true", help="optim.freeze='^visual/'")
     ap.add_argument("--top", type=int, default=12, help="largest compiled arrays to list")
@@ -448,8 +547,12 @@ def main(argv=None):
     if args.sweep:
         sweep(args)
         return
+    sizes = [int(x) for x in args.fsdp.split(",")]
+    if len(sizes) > 1:
+        fsdp_sweep(args, sizes)
+        return
     c = step_config(args)
-    report(c, measure(c, args.prompt_len, args.image_side, top=args.top))
+    report(c, measure(c, args.prompt_len, args.image_side, top=args.top, fsdp=sizes[0]))
 
 
 if __name__ == "__main__":

@@ -34,8 +34,13 @@ def get_config(arg=None):
     c.tokenizer = ""  # tokenizer/processor folder; "" = model_init, else the shipped Qwen2-VL files
     c.model = ml_collections.ConfigDict()
     c.model.preset = "tiny"  # size for random init: "tiny" (tests, demo), "2b", "7b"
-    c.model.param_dtype = "float32"  # weights and optimizer state ("bfloat16" on accelerators)
-    c.model.compute_dtype = "float32"  # activations ("bfloat16" on accelerators)
+    # Mixed precision as DeepSpeed bf16 / MaxText: master weights and AdamW moments in float32
+    # (a bf16 weight cannot take a 1e-6 step: near |w| = 0.02 its spacing is 1.2e-4); forward,
+    # backward, reference and sampler in compute_dtype ("bfloat16" on accelerators, the weights
+    # cast inside each jitted step). master_dtype="bfloat16" only to save memory where lr is
+    # large enough; the run warns at start-up when most updates would round away.
+    c.model.master_dtype = "float32"
+    c.model.compute_dtype = "float32"  # "bfloat16" on GPU/TPU (the paper configs)
     c.model.attention = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
     c.model.remat = "none"  # activation checkpointing of each scanned layer: "none", "full", "dots"
     c.model.vision_remat = "full"  # the vision tower's own (saves its attention maps for backward)
@@ -114,7 +119,6 @@ def get_config(arg=None):
     c.grpo.dynamic_sampling = False
     c.grpo.max_sampling_tries = 8
     c.grpo.micro_batch_size = 8  # sequences per forward/backward (gradient accumulation)
-    c.grpo.ref_dtype = "bfloat16"  # frozen reference copy (absent when beta == 0)
 
     # ---- SFT baseline ---------------------------------------------------------------------------
     c.sft = ml_collections.ConfigDict()
@@ -133,6 +137,7 @@ def get_config(arg=None):
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0
     c.optim.grad_clip = 1.0  # global norm
+    c.optim.mu_dtype = ""  # first Adam moment's dtype; "" = master_dtype, "bfloat16" saves memory
     c.optim.freeze = ""  # regex over parameter paths to freeze, e.g. "^visual/" (vision tower)
     c.optim.max_nonfinite_steps = 3  # stop after this many skipped non-finite steps in a row
 

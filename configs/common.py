@@ -28,15 +28,16 @@ def reference_training(c, model: str = "2b") -> None:
     """Visual-RFT's scripts and TRL/HF defaults (docs section 3.3) on a base config.
 
     16 prompts per step (8 GPUs x 1 x 2 accumulation), G = 8 for 2B and 4 for 7B, beta 0.04,
-    lr 1e-6 linear decay, no warmup, AdamW (0.9, 0.999, 1e-8), grad clip 1.0, bf16, temperature
-    1.0, 256 new tokens, max_pixels 401408, seed 42, save every 100 steps; evaluation near-greedy
-    with 1024 new tokens as the reference's inference scripts.
+    lr 1e-6 linear decay, no warmup, AdamW (0.9, 0.999, 1e-8), grad clip 1.0, bf16 mixed precision
+    (DeepSpeed bf16: float32 master weights and optimizer state, bf16 compute), temperature 1.0,
+    256 new tokens, max_pixels 401408, seed 42, save every 100 steps; evaluation near-greedy with
+    1024 new tokens as the reference's inference scripts.
     """
     if model not in ("2b", "7b"):
         raise ValueError(f"model={model!r}: expected 2b or 7b")
     c.model_init = f"checkpoints/Qwen2-VL-{model.upper()}-Instruct"  # local HF folder
     c.model.preset = model
-    c.model.param_dtype = "bfloat16"
+    c.model.master_dtype = "float32"
     c.model.compute_dtype = "bfloat16"
     c.input.batch_size = 16
     c.input.prompt_template = "raw"  # examples carry the reference's full problem text
@@ -61,7 +62,7 @@ def shrink_for_local(c) -> None:
     c.runlocal = True
     c.model_init = ""
     c.model.preset = "tiny"
-    c.model.param_dtype = "float32"
+    c.model.master_dtype = "float32"
     c.model.compute_dtype = "float32"
     c.total_steps = 2
     c.input.batch_size = 2

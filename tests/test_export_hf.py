@@ -148,3 +148,23 @@ def test_checkpoint_of_another_model_names_the_key(run_dir, tmp_path):
     with pytest.raises(CheckpointError, match="params/language_model/embed_tokens"):
         export_lib.export_hf(other, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_default_export_dtype_is_model_inits(tmp_path):
+    """Training keeps float32 master weights; by default the export is written in the dtype of
+    the Hugging Face folder the run started from (bf16 for the hub's Qwen2-VL), else as saved."""
+    import ml_collections
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
+    config = ml_collections.ConfigDict({"model_init": str(folder)})
+    assert export_lib.export_dtype(config) == "bfloat16"
+    (folder / "config.json").write_text(json.dumps({"dtype": "float32"}))  # transformers 5
+    assert export_lib.export_dtype(config) == "float32"
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    assert export_lib.export_dtype(config) is None
+    config.model_init = str(tmp_path / "gone")
+    assert export_lib.export_dtype(config) is None
+    config.model_init = ""
+    assert export_lib.export_dtype(config) is None

@@ -126,3 +126,22 @@ def test_clear_errors(tmp_path):
     (empty / "config.json").write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match="safetensors"):
         hf.load_qwen2_vl(str(empty))
+
+
+def test_bf16_checkpoint_trains_from_float32_master_weights(tmp_path):
+    """The trainer's model set-up loads a hub-style bf16 checkpoint as float32 master weights
+    (exactly the bf16 values, upcast), computing in config.model.compute_dtype."""
+    from configs import base
+    from vrft_jax import model_setup
+
+    src = str(tmp_path / "src")
+    tiny_hf.make_tiny_hf(tie=True, seed=6).to(torch.bfloat16).save_pretrained(src)
+    config = base.get_config()
+    config.model_init, config.model.compute_dtype = src, "bfloat16"
+    model = model_setup.build_model(config)
+    assert model.config.param_dtype == "float32" and model.config.compute_dtype == "bfloat16"
+    master = np.asarray(model.language_model.embed_tokens[...])
+    assert master.dtype == np.float32
+    on_disk = hf.load_qwen2_vl(src, dtype=jnp.bfloat16).language_model.embed_tokens[...]
+    np.testing.assert_array_equal(master, np.asarray(on_disk, np.float32))
+    assert hf.torch_dtype(src) == "bfloat16"

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from vrft_jax import evaluation, optim, rewards, sft, sharding, steps, train
+from vrft_jax import evaluation, model_setup, optim, rewards, sft, sharding, steps, train
 from vrft_jax.data import make_source
 from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.inputs import PromptProcessor
@@ -33,19 +33,24 @@ def make_config():
     return c
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+# TODO(issue 14 (d)): also bfloat16 compute. Measured with float32 masters + bf16 compute (2
+# loaded cores): warm start 0.010, GRPO 0.010, flipped 0.000 -- the SFT warm-up reaches a far
+# weaker start than in float32 (0.208); not yet understood, so the bf16 arm is not enabled.
+@pytest.fixture(scope="module", params=["float32"])
+def setup(request):
+    """The shared warm start (float32 master weights, compute in the param's dtype)."""
     config = make_config()
+    config.model.compute_dtype = request.param
     processor = PromptProcessor.from_config(config)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    model = train.build_model(config, "random", "")
+    model = model_setup.build_model(config)
     graphdef, params_state = nnx.split(model, nnx.Param)
     tx, schedule = optim.make_optimizer(config.optim, GRPO_STEPS, params_state)
     state, shardings = steps.make_train_state(params_state, tx, mesh, ())
     fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings)
     state = sft.sft_warmup(config, processor, graphdef, params_state, mesh, (), state, fns)
     warm_params = jax.device_get(state["params"])
-    generate = train.make_generate_fn(graphdef, model.config, config)
+    generate = model_setup.make_generate_fn(graphdef, model.config, config)
     return config, processor, mesh, generate, params_state, tx, shardings, fns, warm_params
 
 

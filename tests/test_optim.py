@@ -110,3 +110,20 @@ def test_nonfinite_updates_are_skipped_and_counted():
     updates, state = tx.update(optim.mark_nonfinite(jnp.inf, good), state, params)
     np.testing.assert_array_equal(optax.apply_updates(params, updates)["w"], params["w"])
     assert int(optim.nonfinite_counts(state)[0]) == 1
+
+
+def test_mu_dtype_stores_the_first_moment_in_bf16():
+    """optim.mu_dtype="bfloat16": the first moment in bf16 (memory), the second and the float32
+    master weights unchanged; "" keeps both moments in the parameters' dtype."""
+    params = {"w": jnp.full((4, 4), 0.02, jnp.float32), "b": jnp.zeros((4,), jnp.float32)}
+    grads = jax.tree.map(lambda x: jnp.full(x.shape, 1e-3, x.dtype), params)
+    for mu_dtype, want in (("", jnp.float32), ("bfloat16", jnp.bfloat16)):
+        tx, _ = optim.make_optimizer(_config(lr=1e-6, mu_dtype=mu_dtype), 10, params)
+        new, state = _step(tx, params, grads)
+        mu = optax.tree_utils.tree_get(state, "mu")
+        nu = optax.tree_utils.tree_get(state, "nu")
+        assert {x.dtype for x in jax.tree.leaves(mu)} == {jnp.dtype(want)}
+        assert {x.dtype for x in jax.tree.leaves(nu)} == {jnp.dtype(jnp.float32)}
+        assert new["w"].dtype == jnp.float32
+        # First step: w - lr * g / (|g| + eps) = 0.02 - 1e-6 (float32 resolves it).
+        np.testing.assert_allclose(new["w"], 0.02 - 1e-6, rtol=0, atol=1e-9)

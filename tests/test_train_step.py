@@ -27,7 +27,7 @@ MESHES = {
 
 def make_config(**grpo):
     c = base.get_config()
-    c.grpo.G, c.grpo.micro_batch_size, c.grpo.ref_dtype = G, 2, "float32"
+    c.grpo.G, c.grpo.micro_batch_size = G, 2
     c.grpo.update(grpo)
     c.sft.micro_batch_size = 2
     c.optim.lr, c.optim.eps, c.optim.schedule = 1e-3, 1e-3, "constant"  # eps: no sign amplification
@@ -254,3 +254,24 @@ def test_mu2_second_update_sees_ratio_off_one_and_clips():
     assert abs(second["ratio"] - 1.0) > 1e-3
     assert second["clip_fraction"] > 0.0
     print(f"mu=2: update 2 ratio {second['ratio']:.4f}, clip fraction {second['clip_fraction']}")
+
+
+def test_adam_moments_follow_parameter_shardings():
+    """Under FSDP each Adam moment is split like its parameter (jit(tx.init) alone replicated the
+    zero moments: every device held both full float32 moments); counters are replicated."""
+    mesh = sharding.make_mesh(MESHES["fsdp4_tensor2"])
+    graphdef, params = model_params()
+    tx, _ = optim.make_optimizer(make_config().optim, 10, params)
+    state, shardings = steps.make_train_state(params, tx, mesh, sharding.make_rules(()))
+    by_path = dict(jax.tree_util.tree_leaves_with_path(state["params"]))
+    moments = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"]):
+        param = next((by_path[path[i:]] for i in range(len(path)) if path[i:] in by_path), None)
+        if param is None:
+            assert leaf.sharding.is_fully_replicated, path
+            continue
+        moments += 1
+        assert leaf.sharding == param.sharding, path
+    assert moments == 2 * len(by_path)  # mu and nu of every parameter
+    split = [x for x in jax.tree.leaves(state["opt_state"]) if not x.sharding.is_fully_replicated]
+    assert split and all(x.addressable_shards[0].data.size < x.size for x in split)

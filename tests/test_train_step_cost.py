@@ -55,7 +55,7 @@ def test_largest_arrays_names_the_biggest_result(bench):
 def args(**kw):
     base = dict(
         preset="tiny", prompts=2, G=2, completion=8, micro_batch_size=None, remat=None,
-        vision_remat=None, param_dtype=None, compute_dtype=None, beta=None, freeze_vision=False,
+        vision_remat=None, master_dtype=None, compute_dtype=None, beta=None, freeze_vision=False,
     )  # fmt: skip
     base.update(kw)
     return types.SimpleNamespace(**base)

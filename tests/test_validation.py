@@ -188,9 +188,9 @@ def test_one_bad_image_of_200_is_dropped_and_reported(tmp_path):
     [
         ("trainer", "ppo"),
         ("model.preset", "huge"),
-        ("model.param_dtype", "int8"),
+        ("model.master_dtype", "int8"),
         ("model.compute_dtype", "float33"),
-        ("grpo.ref_dtype", "int32"),
+        ("optim.mu_dtype", "int32"),
         ("model.attention", "flash"),
         ("model.remat", "some"),
         ("input.prompt_template", "chat"),

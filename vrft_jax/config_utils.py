@@ -193,8 +193,10 @@ def _check_model(config) -> list[str]:
     from vrft_jax.models import PRESETS, get_preset
 
     errors = []
-    for field in ("model.param_dtype", "model.compute_dtype", "grpo.ref_dtype"):
+    for field in ("model.master_dtype", "model.compute_dtype", "optim.mu_dtype"):
         value = get_field(config, field)
+        if field == "optim.mu_dtype" and value == "":  # "" = the master dtype
+            continue
         try:
             ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
         except TypeError:

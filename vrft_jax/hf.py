@@ -189,19 +189,41 @@ def read_config(path: str) -> Qwen2VLConfig:
         raise ValueError(f"{cfg_path}: {detail.removeprefix('config.json: ')}") from e
 
 
+def torch_dtype(path: str) -> str | None:
+    """The weight dtype a Hugging Face folder's config.json declares ("torch_dtype", "dtype" in
+    transformers 5), e.g. "bfloat16"; None when absent or not a float dtype JAX knows."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    name = hf.get("torch_dtype") or hf.get("dtype") or (hf.get("text_config") or {}).get("dtype")
+    if not isinstance(name, str):
+        return None
+    try:
+        return jnp.dtype(name).name if jnp.issubdtype(jnp.dtype(name), jnp.floating) else None
+    except TypeError:
+        return None
+
+
 def _path_str(path) -> str:
     return "/".join(str(p) for p in path)
 
 
-def load_qwen2_vl(path: str, *, dtype=jnp.float32, sharding=None, **model_kwargs) -> Qwen2VL:
-    """Qwen2VL from a local Hugging Face folder, parameters in `dtype` (also the compute dtype).
+def load_qwen2_vl(
+    path: str, *, dtype=jnp.float32, compute_dtype=None, sharding=None, **model_kwargs
+) -> Qwen2VL:
+    """Qwen2VL from a local Hugging Face folder, parameters stored in `dtype` whatever the files
+    hold (hub Qwen2-VL files are bf16; the trainer loads them as float32 master weights), compute
+    in `compute_dtype` (default: `dtype`).
 
     sharding: None (default device), a function (logical_names, shape) -> jax.sharding.Sharding
     (see models.partitioning.path_sharding_fn), or a (mesh, rules) pair. Each parameter is read,
     converted and placed on its own, so peak host memory is about one (layer-stacked) parameter.
     """
     name = jnp.dtype(dtype).name
-    config = read_config(path).replace(param_dtype=name, compute_dtype=name)
+    compute = jnp.dtype(compute_dtype or dtype).name
+    config = read_config(path).replace(param_dtype=name, compute_dtype=compute)
     ckpt = _Checkpoint(path)
     if isinstance(sharding, tuple):
         from vrft_jax.models.partitioning import path_sharding_fn

@@ -5,6 +5,9 @@ matrices only (HF skips biases and norm weights), grad-norm clip 1.0, linear war
 linear decay to 0 at the last update (`total_updates` = config.total_steps * grpo.mu: the schedule
 counts optimizer updates, the loop counts rollout steps). Frozen parameters get zero updates and
 no Adam moments.
+The moments have the parameters' (master) dtype, float32 by default; `mu_dtype="bfloat16"` stores
+the first moment in bf16 (a quarter less optimizer memory; the second moment, whose square root
+divides the update, stays in the master dtype).
 """
 
 import math
@@ -109,6 +112,7 @@ def make_optimizer(config, total_updates, params):
         eps=config.eps,
         weight_decay=config.weight_decay,
         mask=lambda p: jax.tree.map(lambda x: jnp.ndim(x) >= 2, p),
+        mu_dtype=jnp.dtype(config.mu_dtype) if config.mu_dtype else None,
     )
     clip = optax.clip_by_global_norm(config.grad_clip) if config.grad_clip > 0 else None
     tx = optax.chain(clip, adamw) if clip is not None else adamw

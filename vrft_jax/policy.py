@@ -15,13 +15,34 @@ into the prompt-level arrays by row, so nothing is computed on G copies of an im
 
 Only C rows of the 151,936-wide LM head are ever computed per sequence (hidden[:, P-1:P+C-1]).
 All functions are jittable; `params` is an nnx.State or its pure dict, `graphdef` from nnx.split.
+
+Mixed precision: the trainer keeps float32 master weights and runs every forward on
+`cast_params(params, compute_dtype)`: the policy's training forward, the reference and old-policy
+log-probs and the sampler all see the same rounded weights (the frozen reference IS that cast of
+the initial weights), so at step 0 policy and reference log-probs are bit-identical.
 """
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vrft_jax import grpo
 from vrft_jax.models.rope import get_rope_index
+
+
+def cast_params(params, dtype):
+    """Every floating-point leaf of a params pytree in `dtype` (integer leaves untouched).
+
+    The one cast from master weights to compute weights (round to nearest even). An identity
+    (the same arrays) when the leaves already have that dtype.
+    """
+    dtype = jnp.dtype(dtype)
+
+    def cast(x):
+        floating = jnp.issubdtype(x.dtype, jnp.floating)
+        return x.astype(dtype) if floating and x.dtype != dtype else x
+
+    return jax.tree.map(cast, params)
 
 
 def prompt_layout(config, prompt_ids, prompt_mask, image_grid_thw):

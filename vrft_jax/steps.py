@@ -18,6 +18,12 @@ own rows) and a lax.scan sums their gradients. The images are encoded ONCE per s
 scan: the scan also accumulates the gradient with respect to the image features, and one
 vision-tower VJP at the end turns it into parameter gradients (jax.vjp). So the vision tower runs
 forward and backward once per step, whatever the number of micro-batches.
+
+Mixed precision: params (master weights) and the AdamW state stay in their stored dtype (float32
+by default); each step casts them ONCE to the model's compute dtype (policy.cast_params, inside
+the jitted program, so the copy lives only during the step), runs forward and backward on that
+copy, and sums the micro-batch gradients in the master dtype. Reference and old-policy log-probs
+(`sequence_logprobs`) take the same cast, so equal weights give bit-identical log-probs.
 """
 
 import functools
@@ -27,10 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from vrft_jax import grpo, optim, sharding
-from vrft_jax.policy import encode_images, prompt_layout, rows_logprobs
+from vrft_jax.policy import cast_params, encode_images, prompt_layout, rows_logprobs
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw")
 
@@ -68,9 +73,13 @@ def accumulate(graphdef, params, batch, micro_loss, micro_batch_size, max_keys=(
 
     micro_loss returns (scalar, {name: scalar}); its aux values are summed over micro-batches,
     except those named in `max_keys`, whose maximum is taken.
-    Returns (loss, aux, grads).
+    Returns (loss, aux, grads); grads in the dtype of `params` (the master weights).
     """
     layout, rows, num_micro = micro_batch_setup(graphdef, params, batch, micro_batch_size)
+    master = params
+    # Forward and backward on the compute-dtype copy; d(cast)/d(master) is the identity, so its
+    # gradients are the master weights' gradients (upcast before they are summed).
+    params = cast_params(params, graphdef_config(graphdef, params).compute_dtype)
     seq = {k: v for k, v in batch.items() if k not in PROMPT_KEYS}
     xs = jax.tree.map(lambda x: _micro(x, num_micro), seq)
     xs["rows"] = rows
@@ -95,8 +104,8 @@ def accumulate(graphdef, params, batch, micro_loss, micro_batch_size, max_keys=(
         argnums = (0, 1) if has_images else 0
         (loss, aux), g = jax.value_and_grad(loss_fn, argnums, has_aux=True)(params, feats, mb)
         g, fg = g if has_images else (g, None)
-        g_acc = jax.tree.map(jnp.add, g_acc, g)
-        f_acc = None if fg is None else f_acc + fg
+        g_acc = jax.tree.map(lambda acc, x: acc + x.astype(acc.dtype), g_acc, g)
+        f_acc = None if fg is None else f_acc + fg.astype(f_acc.dtype)
         aux_acc = {
             k: jnp.maximum(aux_acc[k], v) if k in max_keys else aux_acc[k] + v
             for k, v in aux.items()
@@ -110,12 +119,13 @@ def accumulate(graphdef, params, batch, micro_loss, micro_batch_size, max_keys=(
             k: jnp.full(a.shape, -jnp.inf if k in max_keys else 0, a.dtype)
             for k, a in aux_shape.items()
         },
-        zeros(params),
-        jnp.zeros_like(feats) if has_images else None,
+        zeros(master),  # sums in the master dtype, not the compute dtype
+        jnp.zeros(feats.shape, jnp.float32) if has_images else None,
     )
     (loss, aux, grads, feat_grad), _ = jax.lax.scan(body, init, xs)
     if has_images:
-        grads = jax.tree.map(jnp.add, grads, feats_vjp(feat_grad)[0])
+        vision_grads = feats_vjp(feat_grad.astype(feats.dtype))[0]
+        grads = jax.tree.map(lambda acc, x: acc + x.astype(acc.dtype), grads, vision_grads)
     return loss, aux, grads
 
 
@@ -214,8 +224,11 @@ def sft_update(graphdef, tx, schedule, micro_batch_size, state, batch):
 
 
 def sequence_logprobs(graphdef, params, batch, micro_batch_size):
-    """logp [N, C] of the batch's completions under `params` (no gradients), micro-batched."""
+    """logp [N, C] of the batch's completions under `params` (no gradients), micro-batched.
+
+    params in any dtype: cast to the compute dtype first, as the train step does."""
     layout, rows, num_micro = micro_batch_setup(graphdef, params, batch, micro_batch_size)
+    params = cast_params(params, graphdef_config(graphdef, params).compute_dtype)
     feats = None
     if batch.get("pixel_values") is not None:
         feats = encode_images(graphdef, params, batch["pixel_values"], batch["image_grid_thw"])
@@ -265,23 +278,40 @@ def place_batch(batch, mesh):
     return placed
 
 
-def make_train_state(params_state, tx, mesh, rules):
-    """nnx.State of the model's Params -> (train state placed on `mesh`, its shardings)."""
-    shardings = sharding.param_shardings(params_state, mesh, rules)
-    # A copy (may_alias=False): the state is donated every step, the model's arrays must survive.
-    params = jax.device_put(
-        nnx.to_pure_dict(params_state), nnx.to_pure_dict(shardings), may_alias=False
-    )
+def opt_state_shardings(tx, params, param_shardings, mesh):
+    """Shardings of tx.init(params): each Adam moment as its parameter (found by its key path,
+    which ends with the parameter's), counters and the rest replicated.
+
+    Without this, jit(tx.init) leaves the zero moments unconstrained and XLA replicates them:
+    under FSDP every device would hold both full float32 moments.
+    """
+    by_path = {
+        path: s for path, s in jax.tree_util.tree_leaves_with_path(param_shardings)
+    }  # fmt: skip
+    shapes = dict(jax.tree_util.tree_leaves_with_path(params))
     replicated = sharding.replicated(mesh)
 
-    # Moments follow their parameter's sharding; counters created from nothing land on one
-    # device: replicate every leaf not already placed on the mesh, so the state's shardings equal
-    # the update's out_shardings (otherwise the second step compiles again).
-    def spread(x):
-        on_mesh = isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
-        return x if on_mesh else jax.device_put(np.asarray(x), replicated)
+    def find(path, leaf):
+        for start in range(len(path)):
+            tail = path[start:]
+            if tail in by_path and tuple(shapes[tail].shape) == tuple(leaf.shape):
+                return by_path[tail]
+        return replicated
 
-    opt_state = jax.tree.map(spread, jax.jit(tx.init)(params))
+    abstract = jax.eval_shape(tx.init, params)
+    return jax.tree_util.tree_map_with_path(find, abstract)
+
+
+def make_train_state(params_state, tx, mesh, rules):
+    """nnx.State of the model's Params -> (train state placed on `mesh`, its shardings)."""
+    shardings = nnx.to_pure_dict(sharding.param_shardings(params_state, mesh, rules))
+    # A copy (may_alias=False): the state is donated every step, the model's arrays must survive.
+    params = jax.device_put(nnx.to_pure_dict(params_state), shardings, may_alias=False)
+    replicated = sharding.replicated(mesh)
+    # Moments follow their parameter's sharding, everything else is replicated, so the state's
+    # shardings equal the update's out_shardings (otherwise the second step compiles again).
+    opt_shardings = opt_state_shardings(tx, params, shardings, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = {
         "params": params,
         "opt_state": opt_state,

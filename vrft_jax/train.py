@@ -2,7 +2,8 @@
 
 Reads top to bottom: a finished run? (say so, touch nothing) -> SIGTERM guard for the whole run
 -> mesh -> processor -> model (checkpoint.resolve_init_source: workdir checkpoint > config.resume
-> config.model_init > random preset) -> optimizer and train state -> files continued from the
+> config.model_init > random preset; model_setup: float32 master weights, compute-dtype sampler
+copy and reference) -> optimizer and train state -> files continued from the
 resumed step -> optional SFT warm-up (config.sft.warmup_steps, checkpointed in workdir/warmup/;
 the GRPO reference model is the warmed-up one) -> data pipeline with a resumable position -> the
 loop -> final evaluation. Evaluations: vrft_jax.evaluation; results.json, the table and the reward
@@ -21,7 +22,6 @@ import contextlib
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 from tqdm import tqdm
@@ -32,8 +32,8 @@ from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.evaluation import EvaluationStopped, run_evals
 from vrft_jax.inputs import PromptProcessor
 from vrft_jax.metrics import MetricsWriter, Timer
+from vrft_jax.model_setup import build_model, make_generate_fn, reference_params
 from vrft_jax.models import compile_count as model_compile_count
-from vrft_jax.models import get_preset, random_qwen2_vl
 from vrft_jax.preemption import PreemptionGuard, RunStopped
 from vrft_jax.results import Results, report
 from vrft_jax.rollout import make_rollout, make_signal_rollout
@@ -74,7 +74,7 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     rules = sharding.make_rules(config.mesh_rules)
     processor = PromptProcessor.from_config(config)
     init_source, init_path = checkpoint.resolve_init_source(workdir, config)
-    model = build_model(config, init_source, init_path)
+    model = build_model(config)
     graphdef, params_state = nnx.split(model, nnx.Param)
     model_config = model.config
     logging.info("model from %s %s", init_source, init_path)
@@ -146,11 +146,7 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
             config, processor, graphdef, params_state, mesh, rules, init_state, fns,
             workdir=workdir,
         )["params"]  # fmt: skip
-    ref_params = None
-    if config.trainer == "grpo" and config.grpo.beta != 0:
-        # A copy (never an alias of the donated train params), in the reference dtype.
-        ref_dtype = jnp.dtype(config.grpo.ref_dtype)
-        ref_params = jax.tree.map(lambda x: jnp.array(x, dtype=ref_dtype, copy=True), start_params)
+    ref_params = reference_params(config, start_params)  # None without a KL term
 
     # ---- Data -----------------------------------------------------------------------------------
     source = make_source(config.data, "train", config.seed)
@@ -282,54 +278,6 @@ def _finish(workdir, results, t_start, last, final) -> dict:
     out["evaluations"] = {tag: results.metrics_of(tag) for tag in results.evaluations}
     out["wall_s"] = wall
     return out
-
-
-# ---- Model ---------------------------------------------------------------------------------------
-
-
-def build_model(config, init_source, init_path):
-    """The model at its initial weights (a checkpoint's weights are restored later, into these)."""
-    from vrft_jax import hf
-
-    m = config.model
-    kwargs = dict(
-        prompt_buckets=tuple(config.input.prompt_buckets),
-        patch_buckets=tuple(config.input.patch_buckets),
-    )
-    if config.model_init:  # also the shape source for checkpoints of a HF-initialised run
-        model = hf.load_qwen2_vl(config.model_init, dtype=jnp.dtype(m.param_dtype), **kwargs)
-        model.config = model.config.replace(
-            compute_dtype=m.compute_dtype, attention=m.attention, remat=m.remat,
-            vision_remat=m.vision_remat, scan_layers=m.scan_layers,
-        )  # fmt: skip
-        return model
-    preset = get_preset(
-        m.preset, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype,
-        attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
-        scan_layers=m.scan_layers,
-    )  # fmt: skip
-    return random_qwen2_vl(preset, seed=config.seed, **kwargs)
-
-
-def make_generate_fn(graphdef, model_config, config):
-    """params -> generate(input_ids, attention_mask, pixel_values, image_grid_thw, **sampling),
-    the sampler bound to those params (compiled programs shared across params)."""
-    options = dict(
-        prompt_buckets=tuple(config.input.prompt_buckets),
-        patch_buckets=tuple(config.input.patch_buckets),
-        batch_buckets=tuple(config.sampler.batch_buckets),
-        cache_dtype=jnp.dtype(config.model.compute_dtype),
-    )
-
-    def bind(params):
-        def generate(*args, **kwargs):
-            return sampler.generate_with_state(
-                graphdef, params, model_config, *args, sampler_options=options, **kwargs
-            )
-
-        return generate
-
-    return bind
 
 
 # ---- Step accounting -----------------------------------------------------------------------------

@@ -73,14 +73,8 @@ overrides = {
     "eval.max_new_tokens": MAX_NEW_TOKENS,
     "data.num_eval_examples": NUM_EVAL_EXAMPLES,
 }
-if CHECKPOINT:  # a real model: its weights, bfloat16 (use a GPU or TPU runtime)
-    overrides.update(
-        {
-            "model_init": CHECKPOINT,
-            "model.param_dtype": "bfloat16",
-            "model.compute_dtype": "bfloat16",
-        }
-    )
+if CHECKPOINT:  # a real model: float32 master weights, bf16 compute (use a GPU or TPU runtime)
+    overrides.update({"model_init": CHECKPOINT, "model.compute_dtype": "bfloat16"})
 for dotted, value in overrides.items():
     if value is not None:
         *parents, name = dotted.split(".")

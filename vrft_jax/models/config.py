@@ -49,8 +49,11 @@ class Qwen2VLConfig:
     eos_token_id: int = 151645
     pad_token_id: int = 151643
     # ---- Execution ----
+    # Storage dtype of the parameters. For training these are the master weights: the trainer
+    # sets it from config.model.master_dtype (float32), never bf16 by default, since a bf16
+    # weight cannot take a 1e-6 step. Forwards cast the weights to compute_dtype at use.
     param_dtype: str = "float32"
-    compute_dtype: str = "float32"
+    compute_dtype: str = "float32"  # activations and the weights as the matmuls read them
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla", "cudnn", "auto"
     remat: str = "none"  # "none", "full", "dots"
     # The vision tower's own checkpointing. Without it a step's backward keeps every vision layer's

@@ -2,6 +2,9 @@ r"""Export a training checkpoint as a Hugging Face Qwen2-VL folder.
 
     python -m vrft_jax.tools.export_hf --workdir DIR --out OUT [--step N] [--dtype bfloat16]
 
+Weights are written in --dtype; by default in the `torch_dtype` of the run's `model_init` folder
+(bfloat16 for the hub's Qwen2-VL), else in the checkpoint's dtype (float32 master weights).
+
 or, from Python, `export_hf(workdir, out, step=None) -> out`.
 
 Reads `DIR/config.json` (written by `vrft_jax.main`) and the parameters of the latest (or the
@@ -192,6 +195,15 @@ def restore_model(workdir, step: int | None = None, *, dtype=None, to_device: bo
 # ---- Writing the folder -------------------------------------------------------------------------
 
 
+def export_dtype(run_config) -> str | None:
+    """The default weight dtype of an export: the `torch_dtype` of the run's model_init folder
+    (the run started from those weights; the hub's Qwen2-VL are bfloat16), None (= the
+    checkpoint's float32 master weights) for a random init or a folder no longer there."""
+    if not run_config.get("model_init"):
+        return None
+    return hf.torch_dtype(os.path.expanduser(run_config.model_init))
+
+
 def generation_config(model_config: Qwen2VLConfig, sampler=None) -> dict:
     """generation_config.json: every sampling field explicit (see the module docstring)."""
     eos = [model_config.eos_token_id]
@@ -249,7 +261,7 @@ def export_hf(
 ) -> str:
     """Writes checkpoint `step` (default: latest) of `workdir` as a Hugging Face folder `out`.
 
-    dtype: saved weight dtype ("float32", "bfloat16"; default: the checkpoint's). Returns `out`.
+    dtype: saved weight dtype ("float32", "bfloat16"; default: `export_dtype`). Returns `out`.
     The folder is written under a temporary name and renamed when complete, so a failed export
     never leaves a half-written `out`.
     """
@@ -258,6 +270,7 @@ def export_hf(
     run_config = read_run_config(workdir)
     token_dir = tokenizer_dir_for(run_config, tokenizer)
     _choose_step(workdir, step)  # fail on a missing step before touching `out`
+    dtype = dtype or export_dtype(run_config)
     tmp = _prepare_out(out, overwrite)
     try:
         model, step, _ = restore_model(workdir, step, dtype=dtype, to_device=False)
@@ -290,7 +303,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True, help="the training run's --workdir")
     parser.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: as saved)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 or bfloat16 (default: model_init's torch_dtype, else the checkpoint's)",
+    )
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the run's)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)

@@ -1,0 +1,150 @@
+"""Model set-up for a run: the model at its initial weights, the sampler bound to parameters, and
+the frozen GRPO reference.
+
+Mixed precision (config.model): the train state holds master weights in `master_dtype` (float32
+by default, also for a bf16 Hugging Face checkpoint) and every forward runs in `compute_dtype`
+on `policy.cast_params(master, compute_dtype)`:
+  - the train step casts inside its jitted program (steps.py);
+  - the sampler gets a compute-dtype copy made once per rollout / evaluation (`make_generate_fn`);
+  - the reference is that same cast of the initial (or warmed-up) weights (`reference_params`),
+    so at step 0 policy and reference log-probs are bit-identical (KL exactly 0).
+bf16 master weights remain possible (`master_dtype="bfloat16"`, e.g. evaluation-only runs on a
+small GPU); `master_precision_warning` says at start-up when lr is too small for them to move.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from vrft_jax import policy, sampler
+from vrft_jax.models import get_preset, random_qwen2_vl
+
+DTYPES = ("float32", "bfloat16")
+
+
+def check_dtypes(model_config) -> None:
+    """config.model's master_dtype and compute_dtype are float32 or bfloat16 (else an error
+    naming the field)."""
+    for field in ("master_dtype", "compute_dtype"):
+        value = model_config[field]
+        if value not in DTYPES:
+            raise ValueError(f"config.model.{field}={value!r}: expected one of {DTYPES}")
+
+
+def build_model(config):
+    """The model at its initial weights in the master dtype: config.model_init's Hugging Face
+    weights, else a random config.model.preset (a checkpoint's weights are restored later, into
+    these). Warns when bf16 master weights cannot take config.optim.lr steps."""
+    from vrft_jax import hf
+
+    m = config.model
+    check_dtypes(m)
+    kwargs = dict(
+        prompt_buckets=tuple(config.input.prompt_buckets),
+        patch_buckets=tuple(config.input.patch_buckets),
+    )
+    if config.model_init:  # also the shape source for checkpoints of a HF-initialised run
+        model = hf.load_qwen2_vl(
+            config.model_init, dtype=m.master_dtype, compute_dtype=m.compute_dtype, **kwargs
+        )
+        model.config = model.config.replace(
+            attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
+            scan_layers=m.scan_layers,
+        )  # fmt: skip
+    else:
+        preset = get_preset(
+            m.preset, param_dtype=m.master_dtype, compute_dtype=m.compute_dtype,
+            attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
+            scan_layers=m.scan_layers,
+        )  # fmt: skip
+        model = random_qwen2_vl(preset, seed=config.seed, **kwargs)
+    message = master_precision_warning(nnx.state(model, nnx.Param), config.optim.lr)
+    if message:
+        logging.warning(message)
+    return model
+
+
+def stuck_fraction(params, lr) -> float:
+    """Fraction of the nonzero weights whose update of size lr rounds away in their own dtype.
+
+    An AdamW step moves each weight by about lr (exactly lr on the first step). Near |w| = 2^e *
+    m (0.5 <= m < 1) a float with p mantissa bits has spacing 2^(e - p), so w + lr rounds back to
+    w when lr < 2^(e - p - 1). Zero weights (fresh biases) can always move and are not counted.
+    """
+    stuck = total = 0
+    for leaf in jax.tree.leaves(params):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            continue
+        bits = jnp.finfo(leaf.dtype).nmant  # bf16: 7, float32: 23
+        s, n = _stuck_counts(leaf, float(lr), bits)
+        stuck, total = stuck + int(s), total + int(n)
+    return stuck / max(total, 1)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _stuck_counts(w, lr, bits):
+    _, e = jnp.frexp(jnp.abs(w).astype(jnp.float32))
+    half_spacing = jnp.ldexp(jnp.float32(1.0), e - bits - 1)
+    nonzero = w != 0
+    return jnp.sum(nonzero & (lr < half_spacing)), jnp.sum(nonzero)
+
+
+def master_precision_warning(params, lr) -> str | None:
+    """A start-up warning when more than 10% of the master weights cannot move by lr (see
+    stuck_fraction): bf16 masters at lr 1e-6 freeze nearly all of them. None otherwise."""
+    dtypes = {x.dtype for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)}
+    if all(jnp.finfo(d).nmant >= 23 for d in dtypes):
+        return None  # float32 or wider: a 1e-6 step moves weights up to |w| ~ 8
+    fraction = stuck_fraction(params, lr)
+    if fraction <= 0.1:
+        return None
+    names = ", ".join(sorted(np.dtype(d).name for d in dtypes))
+    return (
+        f"model.master_dtype stores the weights in {names}: an AdamW step of optim.lr={lr:g} is "
+        f"below half the spacing of {fraction:.1%} of the nonzero weights, so their updates round "
+        "away and the model barely trains. Use model.master_dtype=float32 (the default; compute "
+        "stays in model.compute_dtype) or a larger optim.lr."
+    )
+
+
+def make_generate_fn(graphdef, model_config, config):
+    """params -> generate(input_ids, attention_mask, pixel_values, image_grid_thw, **sampling),
+    the sampler bound to a compute-dtype copy of those params (one jitted cast per call, i.e. per
+    rollout or evaluation; the copy is freed with the returned function). Compiled sampler
+    programs are shared across params."""
+    compute = jnp.dtype(config.model.compute_dtype)
+    to_compute = jax.jit(functools.partial(policy.cast_params, dtype=compute))
+    options = dict(
+        prompt_buckets=tuple(config.input.prompt_buckets),
+        patch_buckets=tuple(config.input.patch_buckets),
+        batch_buckets=tuple(config.sampler.batch_buckets),
+        cache_dtype=compute,
+    )
+
+    def bind(params):
+        leaves = jax.tree.leaves(params)
+        floating = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+        weights = to_compute(params) if any(x.dtype != compute for x in floating) else params
+
+        def generate(*args, **kwargs):
+            return sampler.generate_with_state(
+                graphdef, weights, model_config, *args, sampler_options=options, **kwargs
+            )
+
+        return generate
+
+    return bind
+
+
+def reference_params(config, start_params):
+    """The frozen GRPO reference: `start_params` (initial or warmed-up master weights) cast to
+    the compute dtype exactly as every train step casts the policy's, as a new copy (the train
+    state's arrays are donated each step). None when the KL term is off (beta 0) or for SFT."""
+    if config.trainer != "grpo" or config.grpo.beta == 0:
+        return None
+    cast = policy.cast_params(start_params, config.model.compute_dtype)
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), cast)
