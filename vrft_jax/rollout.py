@@ -10,10 +10,11 @@ Sampling and training see the same padded prompt arrays, so their log-probs are 
 
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 from flax import struct
 
-from vrft_jax import buckets, grpo, rewards
+from vrft_jax import buckets, grpo, rewards, sharding
 from vrft_jax.data.example import Example
 
 
@@ -27,7 +28,7 @@ class RolloutBatch:
     image_grid_thw: np.ndarray | None  # int32 [I, 3], padded with (0, 0, 0) rows
     completion_ids: np.ndarray  # int32 [N, C]
     completion_mask: np.ndarray  # int32 [N, C], 1 up to and including the stop token
-    sampler_logps: np.ndarray  # float32 [N, C]
+    sampler_logps: jax.Array  # float32 [N, C], on device (split by rows as the sampler left it)
     rewards: np.ndarray  # float32 [N], weighted total
     advantages: np.ndarray  # float32 [N] (times grpo.advantage_sign)
     per_reward: dict  # {name: float32 [N]} unweighted
@@ -116,9 +117,11 @@ def make_rollout(
             pad_token_id=processor.special.pad,
             rng=rng,
         )
-        tokens = np.asarray(out.tokens, np.int32)
-        mask = np.asarray(out.mask).astype(np.int32)
-        logps = np.asarray(out.logprobs, np.float32)
+        # The host decodes and scores every row: gather tokens and mask (on a multi-host mesh the
+        # rows are split over processes). The log-probs are only read on device: they stay there.
+        tokens, mask = sharding.to_host((out.tokens, out.mask))
+        tokens, mask = tokens.astype(np.int32), mask.astype(np.int32)
+        logps = out.logprobs
     with phase("reward"):
         texts = processor.decode(tokens, mask)
         solutions = [e.solution for e in examples for _ in range(G)]
