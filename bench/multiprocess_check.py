@@ -54,9 +54,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #   logprob_gap metrics) relative to d, ~2e-4 (measured 1.6e-4): GRAD_RTOL = 1e-3.
 # - Parameters after AdamW: a step is lr * m / (sqrt(v) + eps), about lr * sign(g) per element
 #   on the first step, so reordering noise dg in a gradient element moves the parameter by
-#   lr * dg / (|g| + eps) <= lr * dg / eps: noticeable only where |g| is within a few ulps of 0.
-#   ATOL = 1e-5 is 1e-3 of one step at the warm-up's lr 1e-2 (measured: 4e-6); RTOL as above.
-RTOL, ATOL = 1e-4, 1e-5
+#   lr * dg / (|g| + eps): noticeable only where |g| is within a few ulps of 0, where it can be a
+#   good part of a step. ATOL = 1e-4 is 1% of one step at the warm-up's lr 1e-2 (measured after
+#   the warm-up and GRPO step 1: max 4.9e-5 on 113 of ~10M elements; 0 elsewhere within RTOL).
+RTOL, ATOL = 1e-4, 1e-4
 METRIC_ATOL = 1e-9
 LOGP_ATOL = 16 * float(np.finfo(np.float32).eps) * 12.0  # 16 ulps of a log-prob of 12: 2.3e-5
 KL_ATOL = 16 * float(np.finfo(np.float32).eps)  # 1.9e-6
