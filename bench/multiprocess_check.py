@@ -2,21 +2,27 @@ r"""Multi-process check on one machine: 2 processes x 4 CPU devices must match 1
 
   python bench/multiprocess_check.py [--job grpo|toy] [--steps 2] [--out DIR]
 
-It starts three workers on this machine, each with JAX_PLATFORMS=cpu:
+It starts the workers on this machine, each with JAX_PLATFORMS=cpu:
   - "single": one process with 8 CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8);
   - "multi" process 0 and 1: 4 CPU devices each, joined by `jax.distributed.initialize(
     "127.0.0.1:PORT", num_processes=2, process_id=i)` after selecting the gloo CPU collectives,
 so both runs see the same 8-device global mesh. Each run writes its per-step metrics and its final
-parameters (gathered to host) to DIR/<run>/; the driver then compares them and prints the largest
-differences. Exit status 0 when they match within float32 tolerance.
+parameters to DIR/<run>/; the driver then compares them and prints the largest differences. Exit
+status 0 when they match within float32 tolerance (RTOL, ATOL below).
 
 Jobs:
-  grpo: `vrft_jax.train.run(config, workdir)` on configs/demo.py with GRPO_OVERRIDES (the real
-        multi-host path: data pipeline, global batches, sharded parameters, sampler, updates,
-        checkpoint, final evaluation). The random tiny model earns no reward, so the GRPO
-        gradients are 0: one SFT warm-up step moves the parameters, and the per-step entropy and
-        log-prob metrics compare the sharded forward passes.
+  grpo: `vrft_jax.train.run(config, workdir)` on configs/demo.py with GRPO_OVERRIDES: the real
+        multi-host path (data pipeline, global batches, sharded parameters, SFT warm-up, sampler
+        rows split over the hosts, rewards on gathered completions, reference log-probs, updates,
+        checkpoints, final evaluation) in two launches: steps 1..steps-1, then a restart that
+        resumes from the workdir's checkpoint (rebuilding the reference by rerunning the warm-up)
+        and runs the last step. The metrics of every step and the final checkpoint's parameters
+        are compared.
   toy:  a few SGD steps of a sharded linear model (the distributed runtime alone).
+
+Cost: compiling dominates, so the single-process launches share one persistent compile cache
+(JAX_COMPILATION_CACHE_DIR, default DIR/jit_cache; every program cached) and the restart compiles
+nothing. The two-process launches compile for themselves (see `_start`).
 """
 
 import argparse
@@ -31,22 +37,57 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RTOL, ATOL = 1e-4, 1e-5  # float32: only the reduction order may differ between the runs
+# Tolerances. The two runs compile the same partitioned programs; only the order of float32 sums
+# across devices may differ (gloo's all-reduce over 8 ranks vs the in-process one), by a few ulps
+# of the summed terms' scale.
+# - Metrics: means over N*C tokens and norms over all gradients; reordered sums of K terms differ
+#   by ~log2(K) ulps (about 20 ulps = 2.4e-6 relative for K ~ 1e6): RTOL = 1e-4 relative leaves
+#   a factor 40, and values that are exactly 0 in both runs (no reward) must stay 0 (METRIC_ATOL).
+# - logprob_gap_*: |sampler - trainer| log-prob differences, i.e. rounding noise itself (~1e-7):
+#   equal to within a few ulps of the log-probs compared (|log p| <= log V = 12): LOGP_ATOL.
+# - kl (and the loss, beta * kl here as the advantages are 0): a token mean of exp(d) - d - 1 for
+#   d = ref - policy log-prob, computed near 1 (exp(d) ~ 1): rounding of a few ulps of 1 per token,
+#   whatever the KL's size (1e-7 at step 1, where the policy is the reference up to bfloat16):
+#   KL_ATOL = 16 ulps of 1.
+# - grad_norm: at step 1 the policy is its bfloat16 reference up to rounding (d ~ 5e-4), and the
+#   only gradient is the KL's, proportional to 1 - exp(-d): the log-probs' rounding (~1e-7, the
+#   logprob_gap metrics) relative to d, ~2e-4 (measured 1.6e-4): GRAD_RTOL = 1e-3.
+# - Parameters after AdamW: a step is lr * m / (sqrt(v) + eps), about lr * sign(g) per element
+#   on the first step, so reordering noise dg in a gradient element moves the parameter by
+#   lr * dg / (|g| + eps): noticeable only where |g| is within a few ulps of 0, where it can be a
+#   good part of a step. ATOL = 1e-4 is 1% of one step at the warm-up's lr 1e-2 (measured after
+#   the warm-up and GRPO step 1: max 4.9e-5 on 113 of ~10M elements; 0 elsewhere within RTOL).
+RTOL, ATOL = 1e-4, 1e-4
+METRIC_ATOL = 1e-9
+LOGP_ATOL = 16 * float(np.finfo(np.float32).eps) * 12.0  # 16 ulps of a log-prob of 12: 2.3e-5
+KL_ATOL = 16 * float(np.finfo(np.float32).eps)  # 1.9e-6
+GRAD_RTOL = 1e-3
 
-# Config overrides of configs/demo.py for the GRPO job (tiny model, short completions).
+# Config overrides of configs/demo.py for the GRPO job: tiny shapes, the demo's settings otherwise
+# (mu 1, AdamW with clipping). The random model earns no reward, so the GRPO gradients are 0 and
+# only the SFT warm-up step moves the weights. Not beta 0.04 with its bfloat16 reference: the KL
+# gradient is then at the rounding floor (policy = reference up to bfloat16, grad norm 2.5e-5 over
+# 9.9M weights), where AdamW's normalisation turns reordering noise into whole steps (measured:
+# parameters 1.7e-3 apart after two steps at lr 1e-3), which tests AdamW, not the multi-host path.
 GRPO_OVERRIDES = {
     "model.preset": "tiny",
-    "input.batch_size": 8,  # 8 prompts: one per device
-    "grpo.G": 2,
-    "grpo.micro_batch_size": 16,
-    "sampler.max_new_tokens": 16,
-    "eval.max_new_tokens": 16,
+    "input.batch_size": 8,  # B = 8 prompts: one per device
+    "grpo.G": 2,  # N = 16 sequences, 2 rows per device
+    "grpo.micro_batch_size": 8,  # two micro-batches: gradient accumulation across them
+    # lr 1e-3 (the demo's; the paper's 1e-6 moves float32 weights by less than the comparison's
+    # tolerance, so a wrong update would pass unseen).
+    "optim.lr": 1e-3,
+    "sampler.max_new_tokens": 8,  # C = 8: the SFT target below is 8 tokens with <|im_end|>
+    "sft.think": "",  # SFT target "<answer>SHAPE</answer>"
+    "eval.max_new_tokens": 8,
+    "eval.batch_size": 8,
+    "eval.num_samples": 0,  # greedy evaluation only (sampled eval: two more programs to compile)
     "eval_at_start": False,
     "data.num_eval_examples": 8,
-    "sft.warmup_steps": 1,  # a supervised step first: the random model's rewards are all 0
-    "ckpt.every": 0,
-    "ckpt.async_save": False,
-    "mesh": (("data", 1), ("fsdp", -1), ("tensor", 1)),
+    "sample_every": 1,  # the completions' texts: decoded from the gathered rows
+    "sft.warmup_steps": 1,  # a supervised step first: moves the weights and compiles the SFT step
+    "ckpt.every": 1,
+    "mesh": (("data", 2), ("fsdp", -1), ("tensor", 1)),  # batch over both axes: 8 ways
 }
 
 
@@ -103,10 +144,12 @@ def toy_job(steps: int, out: str) -> None:
 
 
 def grpo_job(steps: int, out: str) -> None:
-    """`train.run` on the demo config with GRPO_OVERRIDES, in `out/workdir`.
+    """`train.run` on the demo config with GRPO_OVERRIDES for `steps` steps, in `out/workdir`.
 
-    The metrics are read back from workdir/metrics.jsonl and the final parameters from the last
-    checkpoint (`_checkpoint_params`), so the check relies only on the trainer's files.
+    Called twice by the driver (steps - 1, then steps): the second call resumes from the
+    workdir's checkpoint. The metrics are read back from workdir/metrics.jsonl and the final
+    parameters from the last checkpoint (`_checkpoint_params`): the check relies only on the
+    trainer's files.
     """
     sys.path.insert(0, REPO)
     from configs import demo
@@ -207,9 +250,22 @@ def _start(job, steps, out, devices, coordinator="", process_id=0, log=None):
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        # A loaded machine may start a collective's processes more than gloo's default 30 s
+        # apart (first use of each device group): wait up to 10 minutes instead.
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+        "--xla_cpu_collective_timeout_seconds=600",
         PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        # Cache every program, however fast it compiled: the restart then compiles nothing.
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(out), "jit_cache"))
+    if coordinator:
+        # Not for the two-process runs: only process 0 writes the cache and process 1 misses it,
+        # so on a restart process 0 runs ahead by process 1's compile time and the first
+        # collective's gloo set-up gives up after its fixed 30 s (measured: 7 s vs 41 s for the
+        # warm-up step). Both processes compile, in step.
+        env.pop("JAX_COMPILATION_CACHE_DIR")
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--job", job]
     cmd += ["--steps", str(steps), "--out", out]
     if coordinator:
@@ -237,37 +293,41 @@ def _wait(procs, logs, timeout_s):
 def run_check(job: str = "grpo", steps: int = 2, out: str | None = None, timeout_s: int = 900):
     """Runs the single- and two-process workers and compares them -> a report dict.
 
-    report: {"job", "steps", "metrics": {key: max abs diff}, "params": {"max_abs_diff",
+    grpo runs in two launches each (steps - 1 steps, then a resumed restart to `steps`); toy in
+    one. report: {"job", "steps", "metrics": {key: max abs diff}, "params": {"max_abs_diff",
     "max_rel_diff", "num_arrays"}, "single_metrics": [...], "multi_metrics": [...], "match": bool,
-    "seconds": {...}}.
+    "seconds": {...}, "out"}.
     """
     out = out or tempfile.mkdtemp(prefix="vrft_multiprocess_")
     runs = {"single": os.path.join(out, "single"), "multi": os.path.join(out, "multi")}
     for d in runs.values():
         os.makedirs(d, exist_ok=True)
-    logs = {name: os.path.join(out, f"{name}.log") for name in ("single", "multi_p0", "multi_p1")}
-    files = {name: open(path, "w", encoding="utf-8") for name, path in logs.items()}  # noqa: SIM115
+    launches = [steps - 1, steps] if job == "grpo" and steps > 1 else [steps]
     seconds = {}
-    try:
-        # The two runs one after the other: on a small machine they would otherwise fight for cores.
-        start = time.time()
-        procs = {"single": _start(job, steps, runs["single"], 8, log=files["single"])}
-        _wait(procs, logs, timeout_s)
-        seconds["single"] = round(time.time() - start, 1)
-
-        start = time.time()
-        coordinator = f"127.0.0.1:{_free_port()}"
-        procs = {
-            f"multi_p{i}": _start(
-                job, steps, runs["multi"], 4, coordinator, i, files[f"multi_p{i}"]
-            )
-            for i in range(2)
-        }
-        _wait(procs, logs, timeout_s)
-        seconds["multi"] = round(time.time() - start, 1)
-    finally:
-        for f in files.values():
-            f.close()
+    # The runs one after the other: on a small machine they would otherwise fight for cores.
+    for run in ("single", "multi"):
+        for k, total in enumerate(launches):
+            tag = run if k == 0 else f"{run}_resume"
+            start = time.time()
+            if run == "single":
+                logs = {tag: os.path.join(out, f"{tag}.log")}
+                files = {tag: open(logs[tag], "w", encoding="utf-8")}  # noqa: SIM115
+                procs = {tag: _start(job, total, runs[run], 8, log=files[tag])}
+            else:
+                coordinator = f"127.0.0.1:{_free_port()}"
+                names = [f"{tag}_p{i}" for i in range(2)]
+                logs = {n: os.path.join(out, f"{n}.log") for n in names}
+                files = {n: open(logs[n], "w", encoding="utf-8") for n in names}  # noqa: SIM115
+                procs = {
+                    n: _start(job, total, runs[run], 4, coordinator, i, files[n])
+                    for i, n in enumerate(names)
+                }
+            try:
+                _wait(procs, logs, timeout_s)
+            finally:
+                for f in files.values():
+                    f.close()
+            seconds[tag] = round(time.time() - start, 1)
     report = compare(runs["single"], runs["multi"])
     report.update(job=job, steps=steps, seconds=seconds, out=out)
     return report
@@ -289,7 +349,9 @@ def compare(single_dir: str, multi_dir: str) -> dict:
                 continue
             diff = abs(float(value) - float(other))
             metric_diffs[key] = max(metric_diffs.get(key, 0.0), diff)
-            ok &= bool(np.isclose(value, other, rtol=RTOL, atol=ATOL))
+            atol = _metric_atol(key)
+            rtol = GRAD_RTOL if key == "grad_norm" else RTOL
+            ok &= bool(np.isclose(value, other, rtol=rtol, atol=atol))
     ok &= sorted(p_single) == sorted(p_multi)
     max_abs = max_rel = 0.0
     for name in p_single:
@@ -310,6 +372,14 @@ def compare(single_dir: str, multi_dir: str) -> dict:
         "single_metrics": single,
         "multi_metrics": multi,
     }
+
+
+def _metric_atol(key: str) -> float:
+    if key.startswith("logprob_gap"):
+        return LOGP_ATOL
+    if key in ("kl", "loss", "pg_loss"):
+        return KL_ATOL
+    return METRIC_ATOL
 
 
 def _is_timing(key: str) -> bool:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tiny_hf
 from flax import nnx
+from numerics import assert_close_to_scale
 
 from vrft_jax import buckets
 from vrft_jax.models import Qwen2VL, Qwen2VLConfig, count_params, get_preset, random_qwen2_vl
@@ -148,4 +149,10 @@ def test_scan_unroll_and_remat_agree_with_gradients():
         loss, grads = run(**changes)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
         for g, r in zip(grads, ref_grads):
-            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+            # Scan, unroll and remat may order float32 sums differently (remat re-fuses the
+            # recomputed forward). A gradient element comes out of a chain of sums: the softmax
+            # normaliser over V = 151,936 logits (~log2(V) = 17 ulps when reordered) and, for
+            # each of the 2 layers forward and backward, dots of K <= 128 terms (~log2(K) = 7
+            # ulps each): ~45 ulps of the leaf's largest gradient, so 64 (7.6e-6 relative).
+            # Measured: 21 ulps on a Xeon; EPYC failed the old atol=1e-6 by 2.3e-6 (~10-20).
+            assert_close_to_scale(g, r, ulps=64, err_msg=str(changes))

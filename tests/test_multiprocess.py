@@ -59,13 +59,20 @@ def test_compare_flags_a_difference(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("VRFT_MULTIPROCESS_GRPO") != "1",
-    reason="about 15 minutes on 2 cores: set VRFT_MULTIPROCESS_GRPO=1 (or run the script)",
-)
+@pytest.mark.timeout(1800)  # four launches; a machine shared with other jobs is far slower
 def test_two_processes_match_one_grpo(tmp_path):
-    """Two GRPO steps of the demo (tiny model, after one SFT warm-up step): the same metrics per
-    step and the same final parameters. `python bench/multiprocess_check.py` runs the same."""
-    report = check.run_check("grpo", steps=2, out=str(tmp_path), timeout_s=1500)
+    """Two GRPO steps of the demo (tiny model, SFT warm-up step, checkpoint every step), the
+    second after a restart that resumes from the checkpoint: the same metrics per step and the
+    same final parameters on 2 processes x 4 devices as on 1 x 8.
+    `python bench/multiprocess_check.py` runs the same."""
+    report = check.run_check("grpo", steps=2, out=str(tmp_path), timeout_s=900)
+    print("multiprocess grpo check, seconds per launch:", report["seconds"])
     _assert_match(report, 2)
-    assert "loss" in report["metrics"] and "entropy" in report["metrics"], report["metrics"]
+    for key in ("loss", "entropy", "grad_norm", "reward/total_mean", "completion_length"):
+        assert key in report["metrics"], (key, report["metrics"])
+    for rows in (report["single_metrics"], report["multi_metrics"]):
+        steps = [row for row in rows if "loss" in row]
+        assert [row["step"] for row in steps] == [1, 2]  # the restart resumed at step 1
+    # The completions were decoded on every host from the gathered rows; process 0 logged them.
+    samples = (tmp_path / "multi" / "workdir" / "samples.jsonl").read_text().splitlines()
+    assert {json.loads(line)["step"] for line in samples} == {1, 2}

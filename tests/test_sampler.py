@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tiny_hf
 from flax import nnx
+from numerics import assert_close_to_scale
 
 from vrft_jax import hf
 from vrft_jax.generation import sampler
@@ -140,9 +141,10 @@ def test_cache_decode_and_logprobs_match_full_forward(models):
     logp = np.asarray(jax.nn.log_softmax(jnp.asarray(want), axis=-1))
     want_lp = np.take_along_axis(logp, np.asarray(out.tokens)[..., None], axis=-1)[..., 0]
     want_lp = np.where(live, want_lp, 0.0)
-    lp_err = np.abs(np.asarray(out.logprobs) - want_lp).max()
-    print(f"log-probs vs teacher-forced: max abs err {lp_err:.2e}")
-    assert lp_err <= 1e-5
+    # The log-probs carry the logits' rounding (ulps of max |z|, see test_sampler_layouts.py):
+    # the cache decode and the full forward sum in another order.
+    ulps = assert_close_to_scale(out.logprobs, want_lp, 16, scale=np.abs(want[live]).max())
+    print(f"log-probs vs teacher-forced: max abs err {ulps:.1f} ulps of max |logit|")
 
 
 def test_rows_stop_independently_and_loop_exits_early(models):

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from vrft_jax import rewards
+from vrft_jax import rewards, sharding
 from vrft_jax.evals import make_evaluators
 from vrft_jax.evals.predict import make_predict_fn
 
@@ -81,7 +81,7 @@ def sampled_reward(config, processor, generate, examples, *, should_stop=None) -
             top_p=config.sampler.top_p, rng=jax.random.key(config.seed + 7919 + i),
             eos_token_ids=processor.special.eos, pad_token_id=processor.special.pad,
         )  # fmt: skip
-        texts += processor.decode(out.tokens, out.mask)
+        texts += processor.decode(*sharding.to_host((out.tokens, out.mask)))  # rows of all hosts
         solutions += [e.solution for e in chunk for _ in range(k)]
     total, per = rewards.score(texts, solutions, config.rewards, config.reward)
     out = {"sampled/total_mean": float(np.mean(total))}

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import struct
 
-from vrft_jax import buckets, grpo, rewards
+from vrft_jax import buckets, grpo, rewards, sharding
 from vrft_jax.data.example import DataError, Example
 
 
@@ -32,7 +32,7 @@ class RolloutBatch:
     image_grid_thw: np.ndarray | None  # int32 [I, 3], padded with (0, 0, 0) rows
     completion_ids: np.ndarray  # int32 [N, C]
     completion_mask: np.ndarray  # int32 [N, C], 1 up to and including the stop token
-    sampler_logps: np.ndarray  # float32 [N, C]
+    sampler_logps: jax.Array  # float32 [N, C], on device (split by rows as the sampler left it)
     rewards: np.ndarray  # float32 [N], weighted total
     advantages: np.ndarray  # float32 [N]
     per_reward: dict  # {name: float32 [N]} unweighted
@@ -138,9 +138,11 @@ def make_rollout(
             pad_token_id=processor.special.pad,
             rng=rng,
         )
-        tokens = np.asarray(out.tokens, np.int32)
-        mask = np.asarray(out.mask).astype(np.int32)
-        logps = np.asarray(out.logprobs, np.float32)
+        # The host decodes and scores every row: gather tokens and mask (on a multi-host mesh the
+        # rows are split over processes). The log-probs are only read on device: they stay there.
+        tokens, mask = sharding.to_host((out.tokens, out.mask))
+        tokens, mask = tokens.astype(np.int32), mask.astype(np.int32)
+        logps = out.logprobs
     with phase("reward"):
         texts = processor.decode(tokens, mask)
         solutions = [e.solution for e in examples for _ in range(G)]
@@ -245,7 +247,8 @@ def gather_groups(groups, processor, config) -> RolloutBatch:
         image_grid_thw=prompt["image_grid_thw"],
         completion_ids=rows(lambda r: r.completion_ids),
         completion_mask=rows(lambda r: r.completion_mask),
-        sampler_logps=rows(lambda r: r.sampler_logps),
+        # On the host (all processes gather alike): the kept rows come from several rollouts.
+        sampler_logps=rows(lambda r: sharding.to_host(r.sampler_logps)),
         rewards=rows(lambda r: r.rewards),
         advantages=rows(lambda r: r.advantages),
         per_reward={k: rows(lambda r, k=k: r.per_reward[k]) for k in groups[0][0].per_reward},

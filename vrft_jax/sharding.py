@@ -154,3 +154,35 @@ def shard_batch(tree, mesh):
         return jax.make_array_from_process_local_data(sharding, x, (rows, *x.shape[1:]))
 
     return jax.tree_util.tree_map_with_path(put, tree)
+
+
+def to_host(tree):
+    """A pytree of jax.Arrays (or numpy) -> the same tree of whole numpy arrays, on every process.
+
+    np.asarray cannot read an array split over devices of several processes (the sampler's rows
+    on a multi-host mesh): such an array is first gathered (a jitted all-gather to replicated). A
+    collective: every process must call this on the same arrays, in the same order. Use it where
+    the host needs every row (decoding, rewards, logging); keep device inputs on device.
+    """
+
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)  # local, or a full copy on this process's devices
+
+    return jax.tree.map(one, tree)
+
+
+def to_batch_sharding(x, mesh):
+    """A device array of N rows -> the same rows split over the mesh's batch axes, on device
+    (no host round trip; a no-op when already placed so)."""
+    target = batch_sharding(mesh)
+    if getattr(x, "sharding", None) == target:
+        return x
+    return jax.jit(_identity, out_shardings=target)(x)
+
+
+def _identity(x):  # one function object, so the jitted reshard is traced once per shape
+    return x

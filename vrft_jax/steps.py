@@ -272,7 +272,11 @@ def place_batch(batch, mesh):
         )
     # Every process holds the whole step batch (identical prompts everywhere, as the replicated
     # prompt arrays require); each contributes its own slice of the sequence rows.
+    # Device arrays (the sampler's log-probs, already split by rows) stay on device.
+    on_device = {k: v for k, v in seq.items() if isinstance(v, jax.Array)}
+    placed.update({k: sharding.to_batch_sharding(v, mesh) for k, v in on_device.items()})
     pi, pc = jax.process_index(), jax.process_count()
+    seq = {k: v for k, v in seq.items() if k not in on_device}
     seq = {k: v[v.shape[0] * pi // pc : v.shape[0] * (pi + 1) // pc] for k, v in seq.items()}
     placed.update(sharding.shard_batch(seq, mesh))
     return placed
@@ -360,5 +364,5 @@ class TrainSteps:
 
 
 def host_metrics(metrics):
-    """Device metrics -> Python floats (one transfer)."""
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    """Device metrics -> Python floats, on every process (one gather)."""
+    return {k: float(v) for k, v in sharding.to_host(metrics).items()}

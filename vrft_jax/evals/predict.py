@@ -27,6 +27,10 @@ def make_predict_fn(
             [([e.image], e.problem) for e in examples], system_prompt=system_prompt
         )
         tokens, mask = generate_fn(**batch)
+        if hasattr(tokens, "is_fully_addressable"):  # jax.Arrays, maybe split over hosts
+            from vrft_jax import sharding
+
+            tokens, mask = sharding.to_host((tokens, mask))
         return processor.decode(tokens, mask)
 
     return predict
