@@ -14,6 +14,8 @@ import sys
 import ml_collections
 from absl import logging
 
+from vrft_jax.jsonio import read_json
+
 # The Qwen2-VL tokenizer and image-processor files shipped with the package (test and demo asset).
 SHIPPED_TOKENIZER_DIR = str(
     pathlib.Path(__file__).resolve().parent / "assets" / "qwen2_vl_tokenizer"
@@ -89,15 +91,7 @@ def check_json_files(folder: str) -> None:
         path = os.path.join(folder, name)
         if not name.endswith(".json") or not os.path.isfile(path):
             continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
-            ) from e
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: cannot read: {e}") from e
+        read_json(path)
 
 
 def write_config_json(config, workdir: str) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from vrft_jax.jsonio import read_json
 from vrft_jax.models.config import Qwen2VLConfig
 from vrft_jax.models.qwen2_vl import Qwen2VL, random_qwen2_vl
 
@@ -171,15 +172,7 @@ def read_config(path: str) -> Qwen2VLConfig:
         raise FileNotFoundError(f"{path}: not a folder (expected a Hugging Face Qwen2-VL folder)")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face Qwen2-VL folder)")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            hf_config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{cfg_path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
-        ) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path}: cannot read: {e}") from e
+    hf_config = read_json(cfg_path)
     if not isinstance(hf_config, dict):
         raise ValueError(f"{cfg_path}: expected a JSON object, got {type(hf_config).__name__}")
     try:

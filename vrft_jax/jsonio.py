@@ -23,6 +23,18 @@ def to_python(value):
     return value
 
 
+def read_json(path, error=ValueError):
+    """The parsed JSON file at `path`; a file that cannot be read or parsed raises `error` naming
+    the path (and the line and column of a syntax error)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise error(f"{path} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read: {e}") from e
+
+
 NONFINITE_FIELD = "nonfinite"  # {name: "NaN" | "Infinity" | "-Infinity"}, each value written null
 _NONFINITE_NAMES = {math.inf: "Infinity", -math.inf: "-Infinity"}  # anything else: NaN
 
@@ -92,8 +104,3 @@ def write_json(path, value, *, indent: int | None = 1) -> str:
         f.write(text + "\n")
     os.replace(tmp, path)
     return path
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)

@@ -24,6 +24,7 @@ import numpy as np
 
 from vrft_jax.data import templates
 from vrft_jax.data.example import DataError, Example, detection_solution, k_shot, to_thousandths
+from vrft_jax.jsonio import read_json
 
 COCO_FEWSHOT_8 = ("bus", "train", "fire hydrant", "stop sign", "cat", "dog", "bed", "toilet")
 COCO_NOVEL_15 = (
@@ -75,13 +76,7 @@ GATES = ("gt", "verified", "all")
 def read_annotations(annotation_file: str) -> dict:
     """The annotation JSON, checked for the fields indexing needs (DataError naming the file, the
     annotation or image id and the field)."""
-    try:
-        with open(annotation_file, encoding="utf-8") as f:
-            dataset = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{annotation_file} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
-        ) from e
+    dataset = read_json(annotation_file, DataError)
     if not isinstance(dataset, dict):
         raise DataError(f"{annotation_file}: expected a JSON object with images and annotations")
     for field in ("images", "annotations", "categories"):

@@ -8,13 +8,13 @@ instruction sentence is kept.
 
 import functools
 import glob
-import json
 import os
 
 from PIL import Image
 
 from vrft_jax.data import templates
 from vrft_jax.data.example import DataError, Example, grounding_solution, to_thousandths
+from vrft_jax.jsonio import read_json
 
 
 def polygon_box(points) -> tuple[float, float, float, float]:
@@ -31,13 +31,7 @@ class LisaGrounding:
         self.items = []  # (json file, instruction index, instruction)
         self._meta = {}
         for file in files:
-            try:
-                with open(file, encoding="utf-8") as f:
-                    record = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{file} line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
-                ) from e
+            record = read_json(file, DataError)
             if not isinstance(record, dict) or not record.get("shapes") or not record.get("text"):
                 raise DataError(f"{file} field shapes/text: needs non-empty 'shapes' and 'text'")
             texts = record["text"] if isinstance(record["text"], list) else [record["text"]]
