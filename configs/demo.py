@@ -17,21 +17,23 @@ Why these settings: the warm-up stops where sampled completions have the full fo
 sometimes (measured: 9% of samples after 38 SFT steps, 75% after 46), so GRPO has a reward signal
 and headroom; rewards are format (0..1) + classification (0..1), total 0..2.
 
-Expected result (measured 2026-11-27 on the idle 2-core CPU: 4.2 min wall, 241 s in the run's own
-timer, 5.2 min of CPU user time; `greedy:` = greedy decoding, `sampled:` = held-out expected reward
-over 4 sampled completions per prompt at temperature 1, the quantity GRPO optimises):
+Expected result (measured 2026-12-02 on the 2-core CPU while the test suite ran beside it: 4.3 min
+wall, 248 s in the run's own timer; 2026-11-27 idle: 4.2 min; `greedy:` = greedy decoding,
+`sampled:` = held-out expected reward over 4 sampled completions per prompt at temperature 1, the
+quantity GRPO optimises; the table is printed in two blocks of at most 100 columns):
 
              accuracy  greedy:total  greedy:format  sampled:total  sampled:format  sampled:class
   before        0.000         0.000          0.000          0.000           0.000          0.000
-  after_sft     0.354         1.354          1.000          0.396           0.229          0.167
-  final         0.354         1.354          1.000          0.828           0.589          0.240
+  after_sft     0.354         1.354          1.000          0.391           0.234          0.156
+  final         0.354         1.354          1.000          0.807           0.578          0.229
 
-GRPO doubles the held-out sampled reward over the SFT starting point (0.396 -> 0.828, mostly the
-format: 0.229 -> 0.589) and raises sampled accuracy (0.167 -> 0.240). Greedy decoding is
+GRPO doubles the held-out sampled reward over the SFT starting point (0.391 -> 0.807, mostly the
+format: 0.234 -> 0.578) and raises sampled accuracy (0.156 -> 0.229). Greedy decoding is
 unchanged: after the warm-up it already has the format and answers one class for every image
 (accuracy = that class's share), and 30 GRPO steps on a 10M-parameter random-init model do not yet
-teach it to read the shape. Train reward: 0.28 at step 1 -> 0.6-0.9 at steps 24-30
-(reward_curve.png). (A run on a machine shared with other jobs took 7.5 min.)
+teach it to read the shape (issue 14 item 6 is open: see its notes). Train reward: 0.34 at step 1
+-> 0.5-0.9 at steps 24-30 (reward_curve.png). Re-running the command in the same workdir says the
+run is finished and changes no file.
 """
 
 from configs import base
