@@ -240,6 +240,11 @@ def gather_groups(groups, processor, config) -> RolloutBatch:
     def rows(get):
         return np.concatenate([get(r)[b * G : (b + 1) * G] for r, b, _ in groups])
 
+    # The log-probs of each rollout on the host, gathered once (every process, same order): the
+    # kept rows come from several rollouts.
+    sources = list({id(r): r for r, _, _ in groups}.values())
+    host_logps = dict(zip(map(id, sources), sharding.to_host([r.sampler_logps for r in sources])))
+
     return RolloutBatch(
         prompt_ids=prompt["prompt_ids"],
         prompt_mask=prompt["prompt_mask"],
@@ -247,8 +252,7 @@ def gather_groups(groups, processor, config) -> RolloutBatch:
         image_grid_thw=prompt["image_grid_thw"],
         completion_ids=rows(lambda r: r.completion_ids),
         completion_mask=rows(lambda r: r.completion_mask),
-        # On the host (all processes gather alike): the kept rows come from several rollouts.
-        sampler_logps=rows(lambda r: sharding.to_host(r.sampler_logps)),
+        sampler_logps=rows(lambda r: host_logps[id(r)]),
         rewards=rows(lambda r: r.rewards),
         advantages=rows(lambda r: r.advantages),
         per_reward={k: rows(lambda r, k=k: r.per_reward[k]) for k in groups[0][0].per_reward},
