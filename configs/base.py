@@ -45,6 +45,10 @@ def get_config(arg=None):
     c.model.remat = "none"  # activation checkpointing of each scanned layer: "none", "full", "dots"
     c.model.vision_remat = "full"  # the vision tower's own (saves its attention maps for backward)
     c.model.scan_layers = True  # one compiled decoder/vision layer scanned over depth
+    # Coordinates the model reads and writes boxes in (vrft_jax/box_frames.py): "auto" = its
+    # family's (Qwen2-VL, Qwen3-VL: "relative_1000"; Qwen2.5-VL: "absolute_pixels" of the resized
+    # image). Prompts ask in it; answers are converted to the 0..1000 ground truth per example.
+    c.model.box_frame = "auto"
 
     # ---- Inputs (prompt side) -------------------------------------------------------------------
     c.input = ml_collections.ConfigDict()

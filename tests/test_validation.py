@@ -193,6 +193,7 @@ def test_one_bad_image_of_200_is_dropped_and_reported(tmp_path):
         ("optim.mu_dtype", "int32"),
         ("model.attention", "flash"),
         ("model.remat", "some"),
+        ("model.box_frame", "pixels"),
         ("input.prompt_template", "chat"),
         ("input.classification_subject", "birds"),
         ("data.source", "csv"),
@@ -226,10 +227,11 @@ def test_check_only_reports_every_bad_value(tmp_path):
     code, out = run_main(
         "--config", BASE, "--workdir", str(tmp_path / "w"), "--check_only",
         "--config.trainer=ppo", "--config.model.preset=huge", "--config.rewards=format",
-        "--config.optim.schedule=step", "--config.data.source=csv",
+        "--config.optim.schedule=step", "--config.data.source=csv", "--config.model.box_frame=px",
     )  # fmt: skip
     assert code == 2, out
-    assert "5 bad config values" in out and "Traceback" not in out, out
+    assert "6 bad config values" in out and "Traceback" not in out, out
+    assert "config.model.box_frame='px': expected one of auto, relative_1000, absolute" in out
     for field in ("trainer", "model.preset", "rewards", "optim.schedule", "data.source"):
         assert f"config.{field}" in out, out
     assert not (tmp_path / "w" / "config.json").exists()  # stopped before writing anything

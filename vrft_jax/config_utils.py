@@ -141,7 +141,7 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
 
 def _enumerated_fields() -> dict:
     """Config field -> the values the code accepts, read from the modules that use them."""
-    from vrft_jax import grpo, optim, prompts, train
+    from vrft_jax import box_frames, grpo, optim, prompts, train
     from vrft_jax.data import factory, synthetic
     from vrft_jax.models import PRESETS
     from vrft_jax.rewards import kernels, scores
@@ -150,6 +150,7 @@ def _enumerated_fields() -> dict:
     return {
         "trainer": train.TRAINERS,
         "model.preset": tuple(PRESETS),
+        "model.box_frame": box_frames.CONFIG_CHOICES,
         "input.prompt_template": tuple(prompts.TEMPLATES),
         "input.classification_subject": subjects,
         "data.source": factory.SOURCES,

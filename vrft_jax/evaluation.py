@@ -2,7 +2,8 @@
 mean of each reward, and optionally the expected reward under the sampling policy.
 
 Each evaluation writes its evaluators' files into `<workdir>/eval/<tag>/` and returns a flat
-{metric: float} dict (vrft_jax.results records it in results.json).
+{metric: float} dict (vrft_jax.results records it in results.json). Boxes are read in the model's
+frame (processor.box_frame) and scored against the 0..1000 ground truth, as in training.
 """
 
 import os
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from vrft_jax import rewards, sharding
 from vrft_jax.evals import make_evaluators
+from vrft_jax.evals.common import answer_size
 from vrft_jax.evals.predict import make_predict_fn
 
 
@@ -46,12 +48,19 @@ def run_evals(config, workdir, processor, generate, tag, *, should_stop=None) ->
         return texts
 
     metrics = {}
-    for evaluator in make_evaluators(config, os.path.join(workdir, "eval", tag)):
+    out_dir = os.path.join(workdir, "eval", tag)
+    frame = processor.box_frame
+    for evaluator in make_evaluators(
+        config, out_dir, box_frame=frame, resized_size=processor.resized_size
+    ):
         metrics.update(evaluator.run(predict))
     if seen:
         examples, texts = zip(*seen)
         solutions = [e.solution for e in examples]
-        total, per = rewards.score(texts, solutions, config.rewards, config.reward)
+        sizes = [answer_size(e, frame, processor.resized_size) for e in examples]
+        total, per = rewards.score(
+            texts, solutions, config.rewards, config.reward, frame=frame, image_sizes=sizes
+        )
         metrics["reward/total_mean"] = float(np.mean(total))
         metrics.update({f"reward/{k}": float(np.mean(v)) for k, v in per.items()})
         if config.eval.num_samples > 0:
@@ -66,7 +75,7 @@ def sampled_reward(config, processor, generate, examples, *, should_stop=None) -
     prompt gets config.eval.num_samples completions at config.sampler's temperature / top-k /
     top-p. The RNG is fixed per batch, so evaluations of different parameters are comparable."""
     k, size = config.eval.num_samples, config.eval.batch_size
-    texts, solutions = [], []
+    texts, solutions, sizes = [], [], []
     show = jax.process_index() == 0
     for i in tqdm(
         range(0, len(examples), size), desc="eval sampled", unit="batch", disable=not show
@@ -83,7 +92,11 @@ def sampled_reward(config, processor, generate, examples, *, should_stop=None) -
         )  # fmt: skip
         texts += processor.decode(*sharding.to_host((out.tokens, out.mask)))  # rows of all hosts
         solutions += [e.solution for e in chunk for _ in range(k)]
-    total, per = rewards.score(texts, solutions, config.rewards, config.reward)
+        sizes += [size for size in processor.image_sizes(batch["image_grid_thw"]) for _ in range(k)]
+    total, per = rewards.score(
+        texts, solutions, config.rewards, config.reward, frame=processor.box_frame,
+        image_sizes=sizes,
+    )  # fmt: skip
     out = {"sampled/total_mean": float(np.mean(total))}
     out.update({f"sampled/{name}": float(np.mean(v)) for name, v in per.items()})
     return out

@@ -13,6 +13,10 @@ Batch layout returned by `PromptProcessor.encode_batch` (B examples, I images in
   pixel_values    float32 [S, 1176] all images' patches, example by example, image by image
   image_grid_thw  int32   [I, 3]    (t, h, w) patch grid per image, same order
 Image i takes t*h*w patch rows of `pixel_values` and t*h*w / merge_size**2 `<|image_pad|>` tokens.
+
+The processor also knows the model's box frame (`box_frame`, vrft_jax.box_frames): questions are
+rendered asking for boxes in that frame (prompts.in_frame), and `image_sizes` / `resized_size`
+give the (W, H) each image has as the model sees it, which pixel-frame answers are relative to.
 """
 
 import dataclasses
@@ -22,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 import transformers
+
+from vrft_jax import box_frames, prompts
 
 PATCH_DIM = 1176  # 3 channels * temporal patch 2 * 14 * 14
 
@@ -108,6 +114,15 @@ def _array_to_pil(array, name):
     return PIL.Image.fromarray(array).convert("RGB")
 
 
+def _smart_resize(height, width, **kwargs):
+    """transformers' Qwen2-VL resize rule (the one its image processors call)."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    except ImportError:  # transformers 4.x
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    return smart_resize(height, width, **kwargs)
+
+
 def load_image_processor(folder: str, *, min_pixels: int, max_pixels: int):
     """The Qwen2-VL image processor that runs on numpy/PIL only (no torch, no torchvision).
 
@@ -143,6 +158,7 @@ class PromptProcessor:
         min_pixels: int,
         max_pixels: int,
         max_prompt_length: int | None = None,
+        box_frame: str = box_frames.RELATIVE,
     ):
         if not os.path.isdir(tokenizer_dir):
             raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist")
@@ -153,12 +169,15 @@ class PromptProcessor:
             tokenizer_dir, min_pixels=min_pixels, max_pixels=max_pixels
         )
         self.merge_size = int(self.image_processor.merge_size)
+        self.patch_size = int(self.image_processor.patch_size)
+        self.box_frame = box_frames.check_frame(box_frame, "box_frame")  # the model's
         self.special = SpecialTokens.from_tokenizer(self.tokenizer)
         self.max_prompt_length = max_prompt_length
 
     @classmethod
-    def from_config(cls, config) -> "PromptProcessor":
-        """From `config.tokenizer` / `config.model_init` and `config.input`."""
+    def from_config(cls, config, model_config=None) -> "PromptProcessor":
+        """From `config.tokenizer` / `config.model_init` and `config.input`; the box frame from
+        `config.model.box_frame` and, for "auto", the family of `model_config` (None: Qwen2-VL)."""
         from vrft_jax.config_utils import resolve_tokenizer_dir
 
         return cls(
@@ -166,7 +185,29 @@ class PromptProcessor:
             min_pixels=config.input.min_pixels,
             max_pixels=config.input.max_pixels,
             max_prompt_length=config.input.max_prompt_length,
+            box_frame=box_frames.resolve(
+                config.model.box_frame, box_frames.model_type(model_config)
+            ),
         )
+
+    # ---- Image sizes as the model sees them ----------------------------------------------------
+
+    def image_sizes(self, image_grid_thw) -> np.ndarray:
+        """(W, H) int [I, 2] of each image as resized, from its patch grid image_grid_thw [I, 3]."""
+        return box_frames.grid_sizes(np.asarray(image_grid_thw), self.patch_size)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(W, H) an image of width x height pixels is resized to: the image processor's own rule
+        (sides multiples of patch_size * merge_size, area within min/max pixels), so equal to
+        `image_sizes` of its grid without processing the pixels."""
+        ip = self.image_processor
+        size = getattr(ip, "size", {}) or {}
+        h, w = _smart_resize(
+            height, width, factor=self.patch_size * self.merge_size,
+            min_pixels=size.get("shortest_edge", getattr(ip, "min_pixels", None)),
+            max_pixels=size.get("longest_edge", getattr(ip, "max_pixels", None)),
+        )  # fmt: skip
+        return int(w), int(h)
 
     # ---- Text ------------------------------------------------------------------------------------
 
@@ -179,12 +220,13 @@ class PromptProcessor:
         add_generation_prompt: bool = True,
     ) -> str:
         """The chat-template text of one user turn: images first, then the question (as the
-        reference builds it). Without `system_prompt` the template adds its default system turn."""
+        reference builds it), asking for boxes in the model's frame (prompts.in_frame). Without
+        `system_prompt` the template adds its default system turn."""
         messages = []
         if system_prompt is not None:
             messages.append({"role": "system", "content": system_prompt})
         content = [{"type": "image"} for _ in range(num_images)]
-        content.append({"type": "text", "text": question})
+        content.append({"type": "text", "text": prompts.in_frame(question, self.box_frame)})
         messages.append({"role": "user", "content": content})
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt

@@ -16,9 +16,20 @@ Use `build_prompt(config.input.prompt_template, **fields)`; `template_fields(nam
 fields a template needs. The system prompt of the reference (R1 text) is `R1_SYSTEM_PROMPT`; the
 reference uses it only for text-only data and LISA evaluation, so image prompts normally go without
 it and the Qwen2-VL chat template adds its default "You are a helpful assistant.".
+
+Box frames (vrft_jax.box_frames): the texts above ask for Qwen2-VL's 0..1000 boxes (the grounding
+text names no frame, Qwen2-VL's own is implied). A model answering in absolute pixels (Qwen2.5-VL)
+is asked in its own frame: `in_frame(question, "absolute_pixels")` rewrites the detection phrase
+"(between 0 and 1000, integer)" and names the frame in the grounding sentence. The image size is
+not written into the prompt: Qwen2.5-VL was trained to answer in the pixels of the resized image
+it sees without being told the size, the reference's Qwen2.5-VL runs used the 0..1000 prompts
+unchanged, and a size-free text can be built before the image is decoded.
 """
 
+import logging
 import string
+
+from vrft_jax import box_frames
 
 # The R1 system prompt defined in all three reference GRPO scripts (used for text-only samples).
 R1_SYSTEM_PROMPT = (
@@ -83,6 +94,13 @@ GROUNDING_EVAL = string.Template(
 
 RAW = string.Template("${problem}")
 
+# The reference's words for the frame -> the words asking in absolute pixels (in_frame).
+_DETECTION_RELATIVE = "(between 0 and 1000, integer)"
+_DETECTION_PIXELS = "(in absolute pixel coordinates of the image, integer)"
+_GROUNDING_RELATIVE = "Output the bounding box in the image"
+_GROUNDING_PIXELS = "Output the bounding box (in absolute pixel coordinates) in the image"
+_warned_unconverted = False
+
 # name -> (template, the fields build_prompt needs)
 TEMPLATES = {
     "detection": (DETECTION, ("category",)),
@@ -126,6 +144,30 @@ def build_prompt(template: str, **fields: str) -> str:
         values["subject_sentence"] = CLASSIFICATION_SUBJECTS[subject]
     # Values are inserted verbatim: a "$" or "{" in a category name is not expanded again.
     return tmpl.substitute(values)
+
+
+def in_frame(question: str, frame: str) -> str:
+    """The question asking for boxes in `frame` (a vrft_jax.box_frames name).
+
+    "relative_1000": unchanged. "absolute_pixels": the reference's 0..1000 phrase of the
+    detection prompt and the grounding sentence are rewritten to ask for absolute pixel
+    coordinates; other text is kept as written (a custom row that still mentions 1000 is logged
+    once).
+    """
+    box_frames.check_frame(frame)
+    if frame == box_frames.RELATIVE:
+        return question
+    out = question.replace(_DETECTION_RELATIVE, _DETECTION_PIXELS)
+    out = out.replace(_GROUNDING_RELATIVE, _GROUNDING_PIXELS)
+    global _warned_unconverted
+    if "1000" in out and not _warned_unconverted:
+        _warned_unconverted = True
+        logging.warning(
+            "a prompt for an absolute-pixel model still mentions 1000 (not the reference's "
+            "wording, so not rewritten): %r",
+            out[:200],
+        )
+    return out
 
 
 def _lookup(template):

@@ -4,6 +4,9 @@
                  -> sampler (G per prompt, config.sampler temperature / top_k / top_p)
                  -> decode texts (special tokens skipped) -> rewards.score -> group advantages
 
+Box answers are scored in the model's frame (processor.box_frame): a pixel-frame model's boxes are
+converted to the solutions' 0..1000 with each prompt's resized image size (from its patch grid).
+
 The result is a `RolloutBatch` whose `train_arrays()` is what `steps.TrainSteps.update_grpo` takes.
 Sampling and training see the same padded prompt arrays, so their log-probs are comparable.
 
@@ -105,6 +108,17 @@ def encode_prompts(processor, examples: Sequence[Example], config) -> dict:
     return out
 
 
+def example_image_sizes(processor, prompt, num_examples: int):
+    """(W, H) int [B, 2] of each example's image as the model sees it (examples hold one image
+    each, see encode_prompts); None when the prompts have no images."""
+    grid = prompt["raw_images"][1]
+    if grid is None:
+        return None
+    if grid.shape[0] != num_examples:
+        raise ValueError(f"{grid.shape[0]} images for {num_examples} examples (expected one each)")
+    return processor.image_sizes(grid)
+
+
 def make_rollout(
     generate_fn: Callable,
     processor,
@@ -146,7 +160,11 @@ def make_rollout(
     with phase("reward"):
         texts = processor.decode(tokens, mask)
         solutions = [e.solution for e in examples for _ in range(G)]
-        total, per_reward = rewards.score(texts, solutions, config.rewards, config.reward)
+        sizes = example_image_sizes(processor, prompt, len(examples))
+        total, per_reward = rewards.score(
+            texts, solutions, config.rewards, config.reward, frame=processor.box_frame,
+            image_sizes=None if sizes is None else np.repeat(sizes, G, axis=0),
+        )  # fmt: skip
         advantages = np.asarray(grpo.group_advantages(total, G, config.grpo.advantage))
         zero_var = np.asarray(grpo.zero_variance_groups(total, G))
         # C = max_new_tokens: a completion still running in the last column was cut off, unless

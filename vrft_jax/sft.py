@@ -12,18 +12,37 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from vrft_jax import checkpoint, optim, steps
+from vrft_jax import box_frames, checkpoint, optim, steps
 from vrft_jax.data import make_source
+from vrft_jax.data.example import detection_solution, grounding_solution
 from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.preemption import RunStopped
-from vrft_jax.rollout import encode_prompts
+from vrft_jax.rollout import encode_prompts, example_image_sizes
 
 WARMUP_DIR = "warmup"  # workdir/warmup/checkpoints: the SFT warm-up's state (stopped or finished)
 
 
-def sft_target(example, think: str) -> str:
-    """The answer trained on: the solution, after "<think>{think}</think>" when think is set."""
-    return f"<think>{think}</think>{example.solution}" if think else example.solution
+def sft_target(example, think: str, frame: str = box_frames.RELATIVE, size=None) -> str:
+    """The answer trained on: the solution, after "<think>{think}</think>" when think is set.
+
+    The solutions are 0..1000; for a model answering in another frame (`frame`, with `size` the
+    image's resized (W, H)) the detection or grounding boxes are rewritten in that frame, rounded
+    to integers, so SFT teaches the coordinates the prompts ask for and the rewards read.
+    """
+    solution = solution_in_frame(example, frame, size)
+    return f"<think>{think}</think>{solution}" if think else solution
+
+
+def solution_in_frame(example, frame: str, size) -> str:
+    """The example's solution with its boxes (`example.boxes`, 0..1000) written in `frame`."""
+    box_frames.check_frame(frame)
+    if frame == box_frames.RELATIVE or example.task not in ("detection", "grounding"):
+        return example.solution
+    boxes = np.asarray(example.boxes, np.float64).reshape(-1, 4)
+    written = np.rint(box_frames.from_relative(boxes, frame, np.asarray(size))).astype(int)
+    if example.task == "detection":
+        return detection_solution(written.tolist())
+    return grounding_solution(written[0].tolist())
 
 
 def sft_batch(processor, examples, config) -> dict:
@@ -33,7 +52,11 @@ def sft_batch(processor, examples, config) -> dict:
     completion_ids int32 [N, C], completion_mask int32 [N, C] (1 on the answer tokens).
     """
     prompt = encode_prompts(processor, examples, config)
-    targets = [sft_target(e, config.sft.think) for e in examples]
+    sizes = example_image_sizes(processor, prompt, len(examples))
+    targets = [
+        sft_target(e, config.sft.think, processor.box_frame, None if sizes is None else sizes[i])
+        for i, e in enumerate(examples)
+    ]
     P = prompt["prompt_ids"].shape[1]
     full = processor.append_completions(
         {"input_ids": prompt["prompt_ids"], "attention_mask": prompt["prompt_mask"]}, targets

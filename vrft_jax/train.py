@@ -72,11 +72,11 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     # ---- Mesh, processor, model -----------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.make_rules(config.mesh_rules)
-    processor = PromptProcessor.from_config(config)
     init_source, init_path = checkpoint.resolve_init_source(workdir, config)
     model = build_model(config)
     graphdef, params_state = nnx.split(model, nnx.Param)
     model_config = model.config
+    processor = PromptProcessor.from_config(config, model_config)  # box frame from the family
     logging.info("model from %s %s", init_source, init_path)
 
     # ---- Optimizer and train state --------------------------------------------------------------

@@ -7,6 +7,7 @@ into its `out_dir`; the trainer passes `<workdir>/eval/<tag>/` (tag: before, aft
 final, eval).
 """
 
+from vrft_jax import box_frames
 from vrft_jax.evals.classification import ClassificationEvaluator
 from vrft_jax.evals.common import Evaluator, PredictFn, predict_all
 from vrft_jax.evals.detection import DetectionEvaluator, evaluate_detections
@@ -50,8 +51,13 @@ class _Subset:
         return self.source[self.indices[index]]
 
 
-def make_evaluators(config, out_dir: str) -> list:
-    """The evaluators for config.data's held-out split, one per task present in it."""
+def make_evaluators(
+    config, out_dir: str, *, box_frame=box_frames.RELATIVE, resized_size=None
+) -> list:
+    """The evaluators for config.data's held-out split, one per task present in it.
+
+    box_frame / resized_size: how the evaluated model writes boxes (its vrft_jax.box_frames frame
+    and PromptProcessor.resized_size), for the detection and grounding evaluators."""
     from vrft_jax.data import make_source
 
     source = make_source(
@@ -62,15 +68,18 @@ def make_evaluators(config, out_dir: str) -> list:
         num_workers=config.data.num_workers,
         max_bad_fraction=config.data.max_bad_fraction,
     )
+    boxes = dict(box_frame=box_frame, resized_size=resized_size)
+
+    def make(task, task_source):
+        extra = boxes if task in ("detection", "grounding") else {}
+        return _BY_TASK[task](task_source, out_dir, name=task, **common, **extra)
+
     task = _SOURCE_TASK.get(config.data.source)
     if task is not None:
-        return [_BY_TASK[task](source, out_dir, name=task, **common)]
+        return [make(task, source)]
     # synthetic and rows may mix tasks: split by each example's task (from texts, no images).
     by_task = {}
     task_at = getattr(source, "task_at", None) or (lambda i: source[i].task)
     for i in range(len(source)):
         by_task.setdefault(task_at(i), []).append(i)
-    return [
-        _BY_TASK[t](_Subset(source, idx), out_dir, name=t, **common)
-        for t, idx in sorted(by_task.items())
-    ]
+    return [make(t, _Subset(source, idx)) for t, idx in sorted(by_task.items())]

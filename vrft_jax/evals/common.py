@@ -10,11 +10,13 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from vrft_jax import jsonio
+from vrft_jax import box_frames, jsonio
 from vrft_jax.data.example import Example
 from vrft_jax.data.pipeline import Pipeline
 
 PredictFn = Callable[[list[Example]], list[str]]  # examples (images loaded) -> completion texts
+# (W, H) of an image -> (W, H) as the model sees it (PromptProcessor.resized_size).
+ResizeFn = Callable[[int, int], tuple[int, int]]
 
 
 class Evaluator(Protocol):
@@ -56,6 +58,19 @@ def predict_all(
             completions.extend(texts)
             bar.update(len(batch))
     return examples, completions, pipeline.bad_images.count
+
+
+def answer_size(example: Example, box_frame: str, resized_size: ResizeFn | None):
+    """The (W, H) an answer in `box_frame` is relative to: None for 0..1000 answers; for pixel
+    answers the example's image as resized for the model (needs its decoded `image_size`)."""
+    box_frames.check_frame(box_frame)
+    if box_frame == box_frames.RELATIVE:
+        return None
+    if resized_size is None:
+        raise ValueError(f"{box_frame} answers need resized_size (PromptProcessor.resized_size)")
+    if example.image_size is None:
+        raise ValueError(f"example {example.example_id!r}: image size unknown (image not decoded)")
+    return resized_size(*example.image_size)
 
 
 def is_writer() -> bool:

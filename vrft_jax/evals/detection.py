@@ -5,9 +5,11 @@ averaged over the 10 IoU thresholds x 101 recall points, area "all", 100 detecti
 here as `map` (a fraction; the paper prints percent). `map50` is the same at IoU 0.5. The standard
 COCOeval summary over the same images and categories comes with it (`coco_AP`, `coco_AP50`, ...).
 
-Boxes: the model answers x1 y1 x2 y2 in 0..1000; results are pixel xywh:
-x = X1/1000*W, y = Y1/1000*H, w = (X2-X1)/1000*W, h = (Y2-Y1)/1000*H; score = the confidence.
-Unreadable answers and "No Objects" produce no detections.
+Boxes: the model answers x1 y1 x2 y2 in its frame (`box_frame`: 0..1000, or Qwen2.5-VL's pixels of
+the resized image, first converted to 0..1000 with that image's resized size, `resized_size`);
+results are pixel xywh of the original image (W, H): x = X1/1000*W, y = Y1/1000*H,
+w = (X2-X1)/1000*W, h = (Y2-Y1)/1000*H; score = the confidence. Unreadable answers and
+"No Objects" produce no detections.
 
 Sources without an annotation file (the published ViRFT rows: a category name in the prompt and
 0..1000 boxes in the solution) get a ground truth built from the examples (`with_coco_ids`,
@@ -22,8 +24,9 @@ import logging
 
 import numpy as np
 
+from vrft_jax import box_frames
 from vrft_jax.data.example import from_thousandths
-from vrft_jax.evals.common import predict_all, prediction_records, write_json
+from vrft_jax.evals.common import answer_size, predict_all, prediction_records, write_json
 from vrft_jax.rewards import parsing
 
 log = logging.getLogger(__name__)
@@ -43,20 +46,27 @@ COCO_SUMMARY = (
 )
 
 
-def predicted_boxes(completion: str):
-    """(boxes [K, 4] in 0..1000, confidences [K]) from a completion; empty when unreadable."""
-    parsed = parsing.parse_detection_answer(parsing.extract_answer(completion))
+def predicted_boxes(completion: str, box_frame=box_frames.RELATIVE, size=None):
+    """(boxes [K, 4] in 0..1000, confidences [K]) from a completion written in `box_frame` (with
+    `size`, the resized (W, H), for pixel answers); empty when unreadable."""
+    answer = parsing.extract_answer(completion)
+    parsed = parsing.parse_detection_answer(answer, frame=box_frame, size=size)
     if not parsed.valid:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     return parsed.boxes, parsed.conf
 
 
-def coco_results(examples, completions) -> list[dict]:
-    """COCO results records (pixel xywh) for every predicted box of every example."""
+def coco_results(
+    examples, completions, *, box_frame=box_frames.RELATIVE, resized_size=None
+) -> list[dict]:
+    """COCO results records (pixel xywh of the original image) for every predicted box of every
+    example. box_frame: the frame the completions are written in; resized_size: (W, H) -> (W, H)
+    as the model saw the image (PromptProcessor.resized_size), for pixel answers."""
     results = []
     for example, completion in zip(examples, completions):
         width, height = example.image_size
-        boxes, confs = predicted_boxes(completion)
+        size = answer_size(example, box_frame, resized_size)
+        boxes, confs = predicted_boxes(completion, box_frame, size)
         for (x1, y1, x2, y2), score in zip(boxes.tolist(), confs.tolist()):
             results.append(
                 {
@@ -225,7 +235,15 @@ def lvis_available() -> bool:
 
 
 def evaluate_detections(
-    examples, completions, *, gt_dataset=None, annotation_file="", category_ids=None, lvis=False
+    examples,
+    completions,
+    *,
+    gt_dataset=None,
+    annotation_file="",
+    category_ids=None,
+    lvis=False,
+    box_frame=box_frames.RELATIVE,
+    resized_size=None,
 ) -> dict:
     """Metrics for completions of detection examples (no model needed).
 
@@ -233,10 +251,12 @@ def evaluate_detections(
     category_ids: the categories averaged (default: those of the examples).
     lvis: use the `lvis` package's federated evaluation (needs annotation_file); without the
       package, pycocotools runs on the LVIS JSON (not federated) and `lvis_federated` is 0.
+    box_frame, resized_size: how the completions write boxes (`coco_results`).
     """
     if gt_dataset is None and not annotation_file:
         examples = with_coco_ids(examples)
-    results = coco_results(examples, completions)
+    frame = dict(box_frame=box_frame, resized_size=resized_size)
+    results = coco_results(examples, completions, **frame)
     image_ids = sorted({e.image_id for e in examples})
     if category_ids is None:
         category_ids = sorted({e.category_id for e in examples})
@@ -285,8 +305,11 @@ class DetectionEvaluator:
         annotation_file=None,
         category_ids=None,
         lvis=None,
+        box_frame=box_frames.RELATIVE,
+        resized_size=None,
     ):
         self.source, self.out_dir, self.name = source, out_dir, name
+        self.frame = dict(box_frame=box_frame, resized_size=resized_size)  # how answers write boxes
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_bad_fraction = max_bad_fraction
         self.annotation_file = annotation_file or getattr(source, "annotation_file", "")
@@ -317,8 +340,9 @@ class DetectionEvaluator:
             annotation_file=self.annotation_file,
             category_ids=self.category_ids,
             lvis=self.lvis,
+            **self.frame,
         )
-        results = coco_results(examples, completions)
+        results = coco_results(examples, completions, **self.frame)
         write_json(self.out_dir, f"{self.name}_results.json", results)
         write_json(
             self.out_dir, f"{self.name}_predictions.json", prediction_records(examples, completions)

@@ -1,12 +1,15 @@
 """Grounding (LISA): mean box IoU and accuracy at IoU >= 0.5, in 0..1000 coordinates.
 
+A pixel-frame answer (Qwen2.5-VL, `box_frame`) is converted to 0..1000 first with the example's
+image size as resized for the model (`resized_size`).
 The predicted box is the first `(x1,y1),(x2,y2)` (or `[x1, y1, x2, y2]`) inside `<answer>`;
 the reference eval searched the whole text, so a completion without the tag is also searched.
 An unreadable answer counts as IoU 0. IoU is invariant to scaling x and y separately, so 0..1000
 boxes give the pixel IoU (up to the integer rounding of the ground truth).
 """
 
-from vrft_jax.evals.common import predict_all, prediction_records, write_json
+from vrft_jax import box_frames
+from vrft_jax.evals.common import answer_size, predict_all, prediction_records, write_json
 from vrft_jax.rewards import parsing
 
 
@@ -18,9 +21,11 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def predicted_box(completion: str):
+def predicted_box(completion: str, box_frame=box_frames.RELATIVE, size=None):
+    """The first box of a completion as 0..1000 floats [x1, y1, x2, y2], or None."""
     answer = parsing.extract_answer(completion)
-    parsed = parsing.parse_grounding_answer(answer if answer is not None else completion)
+    text = answer if answer is not None else completion
+    parsed = parsing.parse_grounding_answer(text, frame=box_frame, size=size)
     return [float(v) for v in parsed.boxes[0]] if parsed.valid and len(parsed.boxes) else None
 
 
@@ -35,10 +40,13 @@ class GroundingEvaluator:
         num_workers=2,
         max_bad_fraction=0.01,
         threshold=0.5,
+        box_frame=box_frames.RELATIVE,
+        resized_size=None,
     ):
         self.source, self.out_dir, self.name = source, out_dir, name
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_bad_fraction, self.threshold = max_bad_fraction, threshold
+        self.box_frame, self.resized_size = box_frame, resized_size
 
     def run(self, predict_fn):
         examples, completions, bad = predict_all(
@@ -49,7 +57,10 @@ class GroundingEvaluator:
             max_bad_fraction=self.max_bad_fraction,
             desc=f"eval {self.name}",
         )
-        boxes = [predicted_box(c) for c in completions]
+        boxes = [
+            predicted_box(c, self.box_frame, answer_size(e, self.box_frame, self.resized_size))
+            for e, c in zip(examples, completions)
+        ]
         ious = [box_iou(b, e.boxes[0]) if b else 0.0 for b, e in zip(boxes, examples)]
         records = prediction_records(examples, completions, predicted_box=boxes, iou=ious)
         write_json(self.out_dir, f"{self.name}_predictions.json", records)

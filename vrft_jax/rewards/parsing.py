@@ -4,6 +4,9 @@ Everything here takes whatever text the model wrote and never raises: text that 
 "no prediction" (`valid=False`), which every reward scores 0. Choices that differ from the
 reference (Visual-RFT `grpo*.py`, see docs) are marked "Reference:".
 
+Boxes come out in the ground truth's frame, 0..1000 (`box_frames.RELATIVE`): an answer written
+in another frame (Qwen2.5-VL's absolute pixels) is converted with its image's resized size first.
+
 Shape letters: N completions, P predicted boxes (padded), M ground-truth boxes (padded).
 """
 
@@ -15,7 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-COORD_MAX = 1000.0  # boxes are integers normalised to 0..1000 by image width/height
+from vrft_jax import box_frames
+
+COORD_MAX = box_frames.RELATIVE_SCALE  # parsed boxes are 0..1000, scaled by image width/height
 MAX_ANSWER_CHARS = 20_000  # longer answers are not parsed (a 256-token answer is ~1-2k chars)
 _MAX_REPAIR_TRIES = 4  # cut points tried by truncation repair (each is a full parse)
 
@@ -35,7 +40,8 @@ _LIST_BOX_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*(
 
 
 class ParsedBoxes(NamedTuple):
-    """One parsed answer: boxes float32 [K, 4] (x1, y1, x2, y2 in 0..1000), conf float32 [K].
+    """One parsed answer: boxes float32 [K, 4] (x1, y1, x2, y2 in 0..1000, whatever frame the
+    answer was written in), conf float32 [K].
 
     valid=False means the answer could not be read (no tag, bad syntax, a bad entry); an empty but
     valid answer (`[]`, "No Objects") has K = 0 and valid=True.
@@ -160,7 +166,18 @@ def _entry(item, need_confidence: bool) -> tuple[tuple[float, ...], float] | Non
     return box, confidence
 
 
-def parse_detection_answer(answer, *, is_solution: bool = False) -> ParsedBoxes:
+def _relative_clipped(boxes, frame, size) -> np.ndarray:
+    """Boxes [K, 4] read in `frame` -> 0..1000, clipped to the image, float32. Clipping after the
+    conversion bounds a pixel answer by its own image (W, H), not by 1000."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    size = None if size is None else np.asarray(size, np.float64)
+    relative = box_frames.to_relative(boxes, frame, size)
+    return np.clip(relative, 0.0, COORD_MAX).astype(np.float32)
+
+
+def parse_detection_answer(
+    answer, *, is_solution: bool = False, frame: str = box_frames.RELATIVE, size=None
+) -> ParsedBoxes:
     """Parse a detection answer (the text inside `<answer>`) into boxes and confidences.
 
     Accepted: a list of `{'Position': [x1, y1, x2, y2], 'Confidence': c}` in JSON or Python-literal
@@ -170,6 +187,8 @@ def parse_detection_answer(answer, *, is_solution: bool = False) -> ParsedBoxes:
     entry. Any entry that is not such a dict, or has a non-numeric / non-finite coordinate or
     confidence, makes the whole answer invalid. Exact duplicate boxes are dropped, first kept
     (predictions only). Solutions need no confidence (their confidences are unused).
+    frame / size: the frame the answer is written in and, for "absolute_pixels", the (W, H) of
+    the image as the processor resized it; the boxes returned are 0..1000 either way.
     """
     if not isinstance(answer, str):
         return INVALID
@@ -196,7 +215,7 @@ def parse_detection_answer(answer, *, is_solution: bool = False) -> ParsedBoxes:
         confs.append(confidence)
     if not boxes:
         return EMPTY
-    boxes = np.clip(np.asarray(boxes, np.float64), 0.0, COORD_MAX).astype(np.float32)
+    boxes = _relative_clipped(boxes, frame, size)
     confs = np.clip(np.asarray(confs, np.float64), 0.0, 1.0).astype(np.float32)
     return ParsedBoxes(boxes, confs, True)
 
@@ -252,12 +271,13 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def parse_grounding_answer(answer) -> ParsedBoxes:
-    """The first box in a grounding answer, `(x1,y1),(x2,y2)` or `[x1, y1, x2, y2]`, 0..1000.
+def parse_grounding_answer(answer, *, frame: str = box_frames.RELATIVE, size=None) -> ParsedBoxes:
+    """The first box in a grounding answer, `(x1,y1),(x2,y2)` or `[x1, y1, x2, y2]`, as 0..1000.
 
-    Integers or decimals; coordinates are clipped to 0..1000. Only the first box counts, so listing
-    several boxes gains nothing. Reference: integers in `(x1,y1),(x2,y2)` only, and with two or more
-    boxes it paired the wrong corners.
+    Integers or decimals, written in `frame` (with `size`, the resized (W, H), for
+    "absolute_pixels"); converted to 0..1000, then clipped to 0..1000. Only the first box counts,
+    so listing several boxes gains nothing. Reference: integers in `(x1,y1),(x2,y2)` only, and with
+    two or more boxes it paired the wrong corners.
     """
     if not isinstance(answer, str) or len(answer) > MAX_ANSWER_CHARS:
         return INVALID
@@ -268,8 +288,7 @@ def parse_grounding_answer(answer) -> ParsedBoxes:
     box = [float(v) for v in first.groups()]
     if not all(math.isfinite(v) for v in box):
         return INVALID
-    boxes = np.clip(np.asarray([box], np.float64), 0.0, COORD_MAX).astype(np.float32)
-    return ParsedBoxes(boxes, np.ones((1,), np.float32), True)
+    return ParsedBoxes(_relative_clipped([box], frame, size), np.ones((1,), np.float32), True)
 
 
 def bucket(size: int, minimum: int = 4) -> int:
@@ -316,14 +335,26 @@ class DetectionBatch(NamedTuple):
 
 
 def parse_detection_batch(
-    completions, solutions, *, num_rows: int | None = None, num_boxes: int | None = None
+    completions,
+    solutions,
+    *,
+    num_rows: int | None = None,
+    num_boxes: int | None = None,
+    frame: str = box_frames.RELATIVE,
+    image_sizes=None,
 ) -> DetectionBatch:
     """Parse N completions and their solutions into one padded DetectionBatch.
 
     num_rows / num_boxes default to power-of-two buckets of N and of the largest box count, so the
     jitted kernel compiles once per bucket. A solution that cannot be read scores 0 (valid=False).
+    frame: the frame the completions are written in; image_sizes [N, 2]: each completion's resized
+    image (W, H), needed for "absolute_pixels". Solutions are always 0..1000.
     """
-    preds = [parse_detection_answer(extract_answer(c)) for c in completions]
+    sizes = frame_sizes(frame, image_sizes, len(completions))
+    preds = [
+        parse_detection_answer(extract_answer(c), frame=frame, size=size)
+        for c, size in zip(completions, sizes, strict=True)
+    ]
     gts = [parse_detection_answer(solution_answer(s), is_solution=True) for s in solutions]
     rows = num_rows or bucket(len(preds), minimum=8)
     most = max([len(p.conf) for p in preds + gts] + [1])
@@ -332,6 +363,20 @@ def parse_detection_batch(
     gt_boxes, _, gt_mask, gt_valid = pad_boxes(gts, rows, width)
     valid = pred_valid & gt_valid
     return DetectionBatch(pred_boxes, pred_conf, pred_mask, gt_boxes, gt_mask, valid)
+
+
+def frame_sizes(frame: str, image_sizes, n: int) -> list:
+    """The per-completion (W, H) list for `frame`: n Nones for 0..1000 answers; for pixel answers
+    `image_sizes` checked to be n positive (W, H) pairs (ValueError otherwise)."""
+    box_frames.check_frame(frame)
+    if frame == box_frames.RELATIVE:
+        return [None] * n
+    if image_sizes is None:
+        raise ValueError(f"{frame} answers need image_sizes: the resized (W, H) of each image")
+    sizes = np.asarray(image_sizes, np.float64)
+    if sizes.shape != (n, 2) or not (sizes > 0).all():
+        raise ValueError(f"image_sizes must be {n} positive (W, H) pairs, got shape {sizes.shape}")
+    return list(sizes)
 
 
 def normalize_label(text) -> str:

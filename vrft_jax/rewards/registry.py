@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from vrft_jax import box_frames
 from vrft_jax.rewards import scores
 
 REWARD_NAMES = (
@@ -38,7 +39,7 @@ def default_options():
     return get_config().reward
 
 
-def _compute(name, completions, solutions, options, cache):
+def _compute(name, completions, solutions, options, cache, boxes_in):
     if name == "format":
         return scores.format_reward(completions)
     if name == "classification":
@@ -46,13 +47,14 @@ def _compute(name, completions, solutions, options, cache):
         return scores.classification_reward(completions, solutions, match=match)
     if name == "grounding_iou":
         mode = options["grounding"]
-        return scores.grounding_iou_reward(completions, solutions, mode=mode)
+        return scores.grounding_iou_reward(completions, solutions, mode=mode, **boxes_in)
     if "detection" not in cache:  # IoU and confidence share one parse and one matching
         cache["detection"] = scores.detection_rewards(
             completions,
             solutions,
             iou_threshold=options["iou_threshold"],
             denominator=options["iou_denominator"],
+            **boxes_in,
         )
     return cache["detection"][0 if name == "detection_iou" else 1]
 
@@ -76,12 +78,23 @@ def validate_specs(reward_specs):
     return specs
 
 
-def score(completions, solutions, reward_specs, options=None):
+def score(
+    completions,
+    solutions,
+    reward_specs,
+    options=None,
+    *,
+    frame=box_frames.RELATIVE,
+    image_sizes=None,
+):
     """Score N completions: (total float32 [N], {name: float32 [N]} per reward, unweighted).
 
     reward_specs: (name, weight) pairs, e.g. config.rewards. options: config.reward, or a dict
     with the keys the listed rewards read (iou_threshold, iou_denominator, classification_match,
     grounding); None = configs/base.py's (`default_options`).
+    frame: the box frame the completions are written in (the model's, vrft_jax.box_frames);
+    image_sizes [N, 2]: each completion's image (W, H) as the processor resized it, needed for
+    "absolute_pixels". The solutions are 0..1000.
     """
     specs = validate_specs(reward_specs)
     if options is None:
@@ -91,7 +104,8 @@ def score(completions, solutions, reward_specs, options=None):
         raise ValueError(f"{len(completions)} completions but {len(solutions)} solutions")
     total = np.zeros((len(completions),), np.float32)
     per_reward, cache = {}, {}
+    boxes_in = {"frame": frame, "image_sizes": image_sizes}  # how the box answers are written
     for name, weight in specs:
-        per_reward[name] = _compute(name, completions, solutions, options, cache)
+        per_reward[name] = _compute(name, completions, solutions, options, cache, boxes_in)
         total += np.float32(weight) * per_reward[name]
     return total, per_reward
