@@ -78,6 +78,7 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     model_config = model.config
     processor = PromptProcessor.from_config(config, model_config)  # box frame from the family
     logging.info("model from %s %s", init_source, init_path)
+    logging.info("boxes in the %s frame (config.model.box_frame)", processor.box_frame)
 
     # ---- Optimizer and train state --------------------------------------------------------------
     per_step = updates_per_step(config)  # total_steps counts rollout steps
