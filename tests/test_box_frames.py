@@ -123,6 +123,10 @@ def test_conversions_numpy_jnp_and_bad_input():
     np.testing.assert_array_equal(box_frames.to_relative(boxes, RELATIVE), boxes)
     grid = np.array([[1, 34, 46], [1, 22, 72]])  # (t, h, w) patches
     np.testing.assert_array_equal(box_frames.grid_sizes(grid, 14), [[644, 476], [1008, 308]])
+    # Model text: a huge finite pixel value overflows the conversion to inf, then is clipped.
+    huge = "[{'Position': [1e308, 0, 1e308, 5], 'Confidence': 0.5}]"
+    parsed = rewards.parse_detection_answer(huge, frame=PIXELS, size=(28, 56))
+    np.testing.assert_allclose(parsed.boxes, [[1000, 0, 1000, 5000 / 56]], rtol=1e-6)
     with pytest.raises(ValueError, match="resized image size"):
         box_frames.to_relative(boxes, PIXELS)
     with pytest.raises(ValueError, match="box frame='pixels'"):

@@ -171,7 +171,8 @@ def _relative_clipped(boxes, frame, size) -> np.ndarray:
     conversion bounds a pixel answer by its own image (W, H), not by 1000."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     size = None if size is None else np.asarray(size, np.float64)
-    relative = box_frames.to_relative(boxes, frame, size)
+    with np.errstate(over="ignore"):  # a huge finite pixel value -> inf -> clipped to 1000
+        relative = box_frames.to_relative(boxes, frame, size)
     return np.clip(relative, 0.0, COORD_MAX).astype(np.float32)
 
 
