@@ -312,6 +312,7 @@ def test_rollout_scores_0_1000_rows_for_a_pixel_frame_model(tokenizer_dir):
     out = rollout.make_rollout(model, processor, examples, config, rng=0)
     prompt_text = processor.tokenizer.decode(out.prompt_ids[0])
     assert "absolute pixel coordinates" in prompt_text and "1000" not in prompt_text
+    assert out.prompts[0] in prompt_text  # samples.jsonl logs the question as asked
     per = out.per_reward
     # The exact pixel answer: full IoU and confidence reward (float32 rounding of the conversion).
     assert per["detection_iou"][0] == pytest.approx(1.0, abs=1e-6)

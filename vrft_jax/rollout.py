@@ -23,6 +23,7 @@ from flax import struct
 
 from vrft_jax import buckets, grpo, rewards, sharding
 from vrft_jax.data.example import DataError, Example
+from vrft_jax.prompts import in_frame
 
 
 @struct.dataclass
@@ -42,7 +43,7 @@ class RolloutBatch:
     zero_variance: np.ndarray  # bool [B]: the G rewards of the prompt are all equal
     clipped: np.ndarray  # bool [N]: reached max_new_tokens without a stop token
     texts: list = struct.field(pytree_node=False)  # N decoded completions
-    prompts: list = struct.field(pytree_node=False)  # B problem texts
+    prompts: list = struct.field(pytree_node=False)  # B problem texts, as asked (model's box frame)
 
     def train_arrays(self) -> dict:
         arrays = {
@@ -184,7 +185,7 @@ def make_rollout(
         zero_variance=zero_var,
         clipped=clipped,
         texts=list(texts),
-        prompts=[e.problem for e in examples],
+        prompts=[in_frame(e.problem, processor.box_frame) for e in examples],
     )
 
 
@@ -277,5 +278,5 @@ def gather_groups(groups, processor, config) -> RolloutBatch:
         zero_variance=np.array([r.zero_variance[b] for r, b, _ in groups]),
         clipped=rows(lambda r: r.clipped),
         texts=[t for r, b, _ in groups for t in r.texts[b * G : (b + 1) * G]],
-        prompts=[e.problem for _, _, e in groups],
+        prompts=[in_frame(e.problem, processor.box_frame) for _, _, e in groups],
     )
