@@ -22,8 +22,9 @@ text names no frame, Qwen2-VL's own is implied). A model answering in absolute p
 is asked in its own frame: `in_frame(question, "absolute_pixels")` rewrites the detection phrase
 "(between 0 and 1000, integer)" and names the frame in the grounding sentence. The image size is
 not written into the prompt: Qwen2.5-VL was trained to answer in the pixels of the resized image
-it sees without being told the size, the reference's Qwen2.5-VL runs used the 0..1000 prompts
-unchanged, and a size-free text can be built before the image is decoded.
+it sees without being told the size, the reference's Qwen2.5-VL support (2025-05-21) kept its
+0..1000 prompts and never gives a size, and a size-free text can be built before the image is
+decoded (docs/REWARDS.md, "Box frames").
 """
 
 import logging
