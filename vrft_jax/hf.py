@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from vrft_jax import hf_qwen3
 from vrft_jax.jsonio import read_json
 from vrft_jax.models.config import Qwen2VLConfig
 from vrft_jax.models.qwen2_vl import Qwen2VL, random_qwen2_vl
@@ -35,6 +36,8 @@ SHARD_BYTES = 4 * 1024**3  # max safetensors file size on save
 
 
 def _table(c: Qwen2VLConfig):
+    if c.is_qwen3:
+        return hf_qwen3.table(c)
     ve, vh, vd = c.vision_embed_dim, c.vision_num_heads, c.vision_head_dim
     h, k, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     same = (lambda w: w, lambda w: w)
@@ -112,6 +115,7 @@ class _Checkpoint:
     """Lazy access to the tensors of a folder's safetensors files, by hub name."""
 
     def __init__(self, path: str):
+        self.path = path
         index = os.path.join(path, "model.safetensors.index.json")
         single = os.path.join(path, "model.safetensors")
         if os.path.exists(index):
@@ -135,7 +139,9 @@ class _Checkpoint:
     def get(self, key: str, hf_shape) -> np.ndarray:
         """One tensor as a host numpy array (bf16 kept as ml_dtypes bfloat16)."""
         if key not in self.files:
-            raise KeyError(f"checkpoint is missing tensor {key!r} (expected shape {hf_shape})")
+            raise KeyError(
+                f"{self.path}: checkpoint is missing tensor {key!r} (expected shape {hf_shape})"
+            )
         file, raw_key = self.files[key]
         if file not in self._open:
             # The "flax" reader handles bf16, which plain numpy cannot.
@@ -247,6 +253,8 @@ def _hub_tensors(model: Qwen2VL):
     table = _table(model.config)
     for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         template, _, to_hf = table[_path_str(p)]
+        if model.config.is_qwen3:  # Qwen3-VL files use the transformers-5 names
+            template = hf_qwen3.saved_name(template)
         value = var[...]
         if "{i}" not in template:
             # Contiguous copy: safetensors.numpy writes a transposed view's memory, not its values.

@@ -39,6 +39,13 @@ class Qwen2VLConfig:
     spatial_merge_size: int = 2
     in_channels: int = 3
     vision_rope_theta: float = 10000.0
+    # ---- Qwen3-VL (model_type "qwen3_vl"; the defaults keep Qwen2-VL) ----
+    model_type: str = "qwen2_vl"
+    explicit_head_dim: int = 0  # config.json's head_dim (Qwen3); 0: hidden_size / heads
+    mrope_interleaved: bool = False  # t/h/w rotary frequencies alternate instead of sections
+    vision_intermediate_size: int = 0  # vision MLP width; 0: vision_embed_dim * mlp_ratio
+    num_position_embeddings: int = 0  # learned vision position grid (side^2); 0: none
+    deepstack_visual_indexes: tuple[int, ...] = ()  # vision blocks whose output feeds DeepStack
     # ---- Token ids (the real Qwen2-VL tokenizer's) ----
     image_token_id: int = 151655
     video_token_id: int = 151656
@@ -63,7 +70,9 @@ class Qwen2VLConfig:
     scan_layers: bool = True
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
+        if self.model_type not in ("qwen2_vl", "qwen3_vl"):
+            raise ValueError(f"Qwen2VLConfig.model_type {self.model_type!r} is not supported")
+        if self.hidden_size % self.num_attention_heads and not self.explicit_head_dim:
             raise ValueError("Qwen2VLConfig: hidden_size must be a multiple of num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("Qwen2VLConfig: num_attention_heads must be a multiple of kv heads")
@@ -89,7 +98,16 @@ class Qwen2VLConfig:
     # ---- Derived sizes ----
     @property
     def head_dim(self) -> int:  # D
-        return self.hidden_size // self.num_attention_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_qwen3(self) -> bool:
+        """Qwen3 decoder (q/k RMSNorm, no q/k/v bias) and Qwen3-VL vision tower (DeepStack)."""
+        return self.model_type == "qwen3_vl"
+
+    @property
+    def num_deepstack(self) -> int:  # decoder layers that receive DeepStack features
+        return len(self.deepstack_visual_indexes)
 
     @property
     def vision_head_dim(self) -> int:
@@ -97,7 +115,7 @@ class Qwen2VLConfig:
 
     @property
     def vision_mlp_dim(self) -> int:
-        return self.vision_embed_dim * self.vision_mlp_ratio
+        return self.vision_intermediate_size or self.vision_embed_dim * self.vision_mlp_ratio
 
     @property
     def patch_dim(self) -> int:  # 1176 = 3 * 2 * 14 * 14
@@ -123,6 +141,10 @@ class Qwen2VLConfig:
     def from_hf(cls, hf: dict[str, Any], **overrides) -> "Qwen2VLConfig":
         """Builds a config from a Qwen2-VL config.json dict (flat 4.x or nested 5.x layout)."""
         model_type = hf.get("model_type")
+        if model_type in ("qwen3_vl", "qwen3_vl_moe"):
+            from vrft_jax.hf_qwen3 import config_kwargs
+
+            return cls(**{**config_kwargs(hf), **overrides})
         if model_type != "qwen2_vl":
             raise ValueError(
                 f"config.json: model_type is {model_type!r}, expected 'qwen2_vl' (only Qwen2-VL "
@@ -192,6 +214,10 @@ class Qwen2VLConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The flat hub config.json layout (loads in transformers 4.x and 5.x)."""
+        if self.is_qwen3:
+            from vrft_jax.hf_qwen3 import to_hf
+
+            return to_hf(self)
         return {
             "architectures": ["Qwen2VLForConditionalGeneration"],
             "model_type": "qwen2_vl",
@@ -262,6 +288,86 @@ PRESETS = {
         tie_word_embeddings=False,
     ),
 }
+
+
+def _qwen3_vl(**sizes) -> Qwen2VLConfig:
+    """A Qwen3-VL config: what every published dense model shares, plus its sizes."""
+    shared = dict(
+        model_type="qwen3_vl",
+        rope_theta=5_000_000.0,
+        mrope_section=(24, 20, 20),
+        mrope_interleaved=True,
+        max_position_embeddings=262144,
+        patch_size=16,
+        vision_num_heads=16,
+        num_position_embeddings=2304,
+    )
+    return Qwen2VLConfig(**{**shared, **sizes})
+
+
+# Sizes from the published config.json files of Qwen/Qwen3-VL-{2B,4B,8B}-Instruct on the Hugging
+# Face Hub (text_config / vision_config; the Thinking variants share them).
+_QWEN3_VL_SMALL_VISION = dict(
+    vision_depth=24,
+    vision_embed_dim=1024,
+    vision_intermediate_size=4096,
+    deepstack_visual_indexes=(5, 11, 17),
+)
+PRESETS.update(
+    {
+        # Tests and demos: real tokenizer ids and vocabulary, tiny widths; head_dim 32 != 64/4 and
+        # DeepStack after the first and a middle of 3 vision blocks, as the tests' tiny models.
+        "qwen3_vl-tiny": _qwen3_vl(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            explicit_head_dim=32,
+            mrope_section=(6, 5, 5),
+            tie_word_embeddings=True,
+            vision_depth=3,
+            vision_embed_dim=32,
+            vision_intermediate_size=48,
+            vision_num_heads=4,
+            num_position_embeddings=36,
+            deepstack_visual_indexes=(0, 1),
+        ),
+        "qwen3_vl-2b": _qwen3_vl(
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            explicit_head_dim=128,
+            tie_word_embeddings=True,
+            **_QWEN3_VL_SMALL_VISION,
+        ),
+        "qwen3_vl-4b": _qwen3_vl(
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            explicit_head_dim=128,
+            tie_word_embeddings=True,
+            **_QWEN3_VL_SMALL_VISION,
+        ),
+        "qwen3_vl-8b": _qwen3_vl(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            explicit_head_dim=128,
+            tie_word_embeddings=False,
+            vision_depth=27,
+            vision_embed_dim=1152,
+            vision_intermediate_size=4304,
+            deepstack_visual_indexes=(8, 16, 24),
+        ),
+    }
+)
 
 
 def get_preset(name: str, **overrides) -> Qwen2VLConfig:

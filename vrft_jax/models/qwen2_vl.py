@@ -16,6 +16,7 @@ from flax import nnx
 from vrft_jax import buckets
 from vrft_jax.models.config import Qwen2VLConfig, get_preset
 from vrft_jax.models.llm import Decoder
+from vrft_jax.models.qwen3_vision import Qwen3VisionTower
 from vrft_jax.models.rope import get_rope_index
 from vrft_jax.models.vision import VisionTower
 
@@ -33,7 +34,7 @@ class Qwen2VL(nnx.Module):
         image_buckets=buckets.DEFAULT_IMAGE_BUCKETS,
     ):
         self.config = config
-        self.visual = VisionTower(config, rngs)
+        self.visual = (Qwen3VisionTower if config.is_qwen3 else VisionTower)(config, rngs)
         self.language_model = Decoder(config, rngs)
         self.prompt_buckets = tuple(prompt_buckets)
         self.patch_buckets = tuple(patch_buckets)
@@ -48,7 +49,8 @@ class Qwen2VL(nnx.Module):
 
     def embed(self, input_ids, image_embeds=None):
         """Token embeddings [B, T, E]; the k-th <|image_pad|> (flat row-major) gets
-        image_embeds[k]."""
+        image_embeds[k]. Qwen3-VL's image_embeds [F, 1 + Ld, E] carry DeepStack features: the
+        result is then [B, T, 1 + Ld, E] (see merge_image_features), which `decode` takes."""
         dt = self.config.jnp_compute_dtype
         x = jnp.take(self.language_model.embed_tokens[...], input_ids, axis=0).astype(dt)
         if image_embeds is None:
@@ -56,7 +58,7 @@ class Qwen2VL(nnx.Module):
         is_img = input_ids == self.config.image_token_id
         k = jnp.cumsum(is_img.reshape(-1)).reshape(is_img.shape) - 1
         feats = jnp.take(image_embeds.astype(dt), jnp.clip(k, 0, image_embeds.shape[0] - 1), axis=0)
-        return jnp.where(is_img[..., None], feats, x)
+        return merge_image_features(x, is_img, feats)
 
     def decode(self, x, positions, kv_mask=None, cache=None, cache_index=0):
         """x [B, T, E], positions int [3, B, T], kv_mask bool [B, Tk] (Tk = T without a cache, Tmax
@@ -97,6 +99,25 @@ class Qwen2VL(nnx.Module):
         graphdef, state = nnx.split(self)
         logits = _forward_jit(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), pv, grid)
         return logits[:, length - seq :]
+
+
+def deepstack_slots(x, num: int):
+    """x [B, T, E] -> [B, T, 1 + num, E]: x in slot 0, zero DeepStack features after it."""
+    pad = jnp.zeros((*x.shape[:-1], num, x.shape[-1]), x.dtype)
+    return jnp.concatenate([x[..., None, :], pad], axis=-2)
+
+
+def merge_image_features(x, is_image, feats):
+    """Token embeddings x [B, T, E] with image tokens (is_image bool [B, T]) replaced by feats.
+
+    feats [B, T, E] (each token's image feature) gives [B, T, E]; Qwen3-VL's feats [B, T, 1 + Ld, E]
+    give [B, T, 1 + Ld, E]: slot 0 the merged embeddings, slots 1.. the DeepStack features the
+    decoder adds after its first Ld layers (zero at text tokens, so adding them is exact there).
+    """
+    if feats.ndim == x.ndim:
+        return jnp.where(is_image[..., None], feats, x)
+    x = deepstack_slots(x, feats.shape[-2] - 1)
+    return jnp.where(is_image[..., None, None], feats, x)
 
 
 def _forward(graphdef, state, input_ids, attention_mask, pixel_values, image_grid_thw):
