@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vrft_jax.models import rope
-from vrft_jax.models.config import Qwen2VLConfig
+from vrft_jax.models.config import QwenVLConfig
 from vrft_jax.models.layers import (
     attention,
     cached_attention,
@@ -43,7 +43,7 @@ LAYER_PARAMS = (
 class DecoderLayers(nnx.Module):
     """`num_hidden_layers` decoder layers stored with a leading `layers` axis."""
 
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         c, dt = config, config.jnp_param_dtype
         n, e, h, k, d, m = (
             c.num_hidden_layers,
@@ -130,7 +130,7 @@ def decoder_layer(x, p, cos, sin, mask, eps, implementation, cache_kv=None, cach
 class Decoder(nnx.Module):
     """Token embedding, decoder layers, final norm and (untied) LM head."""
 
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         c, dt = config, config.jnp_param_dtype
         self.config = config
         self.embed_tokens = param(
