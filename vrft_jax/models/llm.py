@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vrft_jax.models import rope
-from vrft_jax.models.config import Qwen2VLConfig
+from vrft_jax.models.config import QwenVLConfig
 from vrft_jax.models.layers import (
     attention,
     cached_attention,
@@ -49,14 +49,14 @@ QWEN3_LAYER_PARAMS = tuple(n for n in LAYER_PARAMS if not n.endswith("_bias")) +
 )
 
 
-def layer_param_names(config: Qwen2VLConfig):
+def layer_param_names(config: QwenVLConfig):
     return QWEN3_LAYER_PARAMS if config.is_qwen3 else LAYER_PARAMS
 
 
 class DecoderLayers(nnx.Module):
     """`num_hidden_layers` decoder layers stored with a leading `layers` axis."""
 
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         c, dt = config, config.jnp_param_dtype
         n, e, h, k, d, m = (
             c.num_hidden_layers,
@@ -152,7 +152,7 @@ def decoder_layer(x, p, cos, sin, mask, eps, implementation, cache_kv=None, cach
 class Decoder(nnx.Module):
     """Token embedding, decoder layers, final norm and (untied) LM head."""
 
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         c, dt = config, config.jnp_param_dtype
         self.config = config
         self.embed_tokens = param(

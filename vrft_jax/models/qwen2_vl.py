@@ -1,4 +1,8 @@
-"""The Qwen2-VL model: vision tower + image-feature scatter + M-RoPE decoder + LM head.
+"""The Qwen-VL model: vision tower + image-feature scatter + M-RoPE decoder + LM head.
+
+One class for every family: `config.model_type` picks the vision tower and the decoder
+(FAMILY_PARTS), so the sampler, policy, trainer and checkpoints call the same methods whatever the
+family.
 
 Two levels of API:
 - jittable pieces on padded arrays: `encode_images`, `embed`, `decode`, `lm_logits`, `forward` (what
@@ -14,19 +18,39 @@ import numpy as np
 from flax import nnx
 
 from vrft_jax import buckets
-from vrft_jax.models.config import Qwen2VLConfig, get_preset
+from vrft_jax.models.config import QwenVLConfig, get_preset
 from vrft_jax.models.llm import Decoder
 from vrft_jax.models.qwen3_vision import Qwen3VisionTower
 from vrft_jax.models.rope import get_rope_index
 from vrft_jax.models.vision import VisionTower
+from vrft_jax.models.vision_qwen2_5 import WindowVisionTower
 
 TRACE_NAME = "qwen2_vl.forward"
 
+# model_type -> (vision tower class, decoder class), each built as cls(config, rngs).
+FAMILY_PARTS = {
+    "qwen2_vl": (VisionTower, Decoder),
+    "qwen2_5_vl": (WindowVisionTower, Decoder),  # the same decoder as Qwen2-VL
+    # Qwen3 decoder layers (config.is_qwen3) and DeepStack features: see llm.py, qwen3_vision.py
+    "qwen3_vl": (Qwen3VisionTower, Decoder),
+}
+
+
+def family_parts(config: QwenVLConfig):
+    if config.model_type not in FAMILY_PARTS:
+        raise ValueError(
+            f"model_type {config.model_type!r} has no model implementation; implemented: "
+            f"{', '.join(FAMILY_PARTS)}"
+        )
+    return FAMILY_PARTS[config.model_type]
+
 
 class Qwen2VL(nnx.Module):
+    """Any supported Qwen-VL family (the name predates the others; `QwenVL` is the same class)."""
+
     def __init__(
         self,
-        config: Qwen2VLConfig,
+        config: QwenVLConfig,
         *,
         rngs: nnx.Rngs,
         prompt_buckets=buckets.DEFAULT_PROMPT_BUCKETS,
@@ -34,8 +58,9 @@ class Qwen2VL(nnx.Module):
         image_buckets=buckets.DEFAULT_IMAGE_BUCKETS,
     ):
         self.config = config
-        self.visual = (Qwen3VisionTower if config.is_qwen3 else VisionTower)(config, rngs)
-        self.language_model = Decoder(config, rngs)
+        tower, decoder = family_parts(config)
+        self.visual = tower(config, rngs)
+        self.language_model = decoder(config, rngs)
         self.prompt_buckets = tuple(prompt_buckets)
         self.patch_buckets = tuple(patch_buckets)
         self.image_buckets = tuple(image_buckets)
@@ -101,6 +126,9 @@ class Qwen2VL(nnx.Module):
         return logits[:, length - seq :]
 
 
+QwenVL = Qwen2VL
+
+
 def deepstack_slots(x, num: int):
     """x [B, T, E] -> [B, T, 1 + num, E]: x in slot 0, zero DeepStack features after it."""
     pad = jnp.zeros((*x.shape[:-1], num, x.shape[-1]), x.dtype)
@@ -134,7 +162,7 @@ def compile_count() -> int:
     return buckets.trace_count(TRACE_NAME)
 
 
-def init_cache(config: Qwen2VLConfig, batch: int, max_len: int, dtype=jnp.bfloat16) -> dict:
+def init_cache(config: QwenVLConfig, batch: int, max_len: int, dtype=jnp.bfloat16) -> dict:
     """Empty KV cache {"k", "v"}: [L, B, Tmax, K, D] each."""
     shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vrft_jax.models import rope
-from vrft_jax.models.config import Qwen2VLConfig
+from vrft_jax.models.config import QwenVLConfig
 from vrft_jax.models.layers import attention, layer_norm, param, scan_layers, values
 from vrft_jax.models.vision import (
     BLOCK_PARAMS,
@@ -81,7 +81,7 @@ class Mergers(nnx.Module):
     """`count` patch mergers stacked on a leading axis: LayerNorm (over VE per patch, or over the
     4*VE block for the DeepStack ones), Linear 4VE -> 4VE, exact GELU, Linear 4VE -> E."""
 
-    def __init__(self, config: Qwen2VLConfig, count: int, norm_width: int, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, count: int, norm_width: int, rngs: nnx.Rngs):
         c, dt, n = config, config.jnp_param_dtype, count
         e4 = c.vision_embed_dim * c.merge_unit
         L = "layers"
@@ -107,7 +107,7 @@ def merge(x, p, merge_unit: int):
 
 
 class Qwen3VisionTower(nnx.Module):
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         c, dt = config, config.jnp_param_dtype
         self.config = config
         side = int(c.num_position_embeddings**0.5)
