@@ -34,7 +34,7 @@ def rel_err(ours, ref, mask=None):
 def pair(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("qwen3_tied" if request.param else "qwen3_untied")
     torch_model = tq.make_tiny_hf(path, tie=request.param, seed=1 + request.param)
-    return torch_model, hf.load_qwen2_vl(str(path), **BUCKETS), str(path)
+    return torch_model, hf.load_model(str(path), **BUCKETS), str(path)
 
 
 def torch_image_features(torch_model, pv, grid):
@@ -102,12 +102,12 @@ def test_image_layouts_and_deepstack(pair):
 
 
 def test_save_loads_in_transformers(pair, tmp_path):
-    """save_qwen2_vl -> Qwen3VLForConditionalGeneration.from_pretrained: the same tensors (names
+    """save_model -> Qwen3VLForConditionalGeneration.from_pretrained: the same tensors (names
     and values) as the original torch model, hence the same logits."""
     from transformers import Qwen3VLForConditionalGeneration
 
     torch_model, model, _ = pair
-    hf.save_qwen2_vl(model, str(tmp_path))
+    hf.save_model(model, str(tmp_path))
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["model_type"] == "qwen3_vl"
     reloaded = Qwen3VLForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
@@ -116,7 +116,7 @@ def test_save_loads_in_transformers(pair, tmp_path):
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
-    ours_again = hf.load_qwen2_vl(str(tmp_path), **BUCKETS)
+    ours_again = hf.load_model(str(tmp_path), **BUCKETS)
     assert ours_again.config == model.config
 
 
@@ -189,7 +189,7 @@ def test_bad_checkpoints_fail_naming_file_and_key(pair, tmp_path):
         json.dumps(dict(config, model_type="qwen3_vl_moe", text_config=text))
     )
     with pytest.raises(ValueError, match=r"moe[/\\]config.json.*qwen3_vl_moe.*not supported"):
-        hf.load_qwen2_vl(str(moe))
+        hf.load_model(str(moe))
     # A checkpoint without its DeepStack mergers.
     from safetensors.torch import save_file
 
@@ -200,9 +200,47 @@ def test_bad_checkpoints_fail_naming_file_and_key(pair, tmp_path):
     tensors.pop("lm_head.weight", None)  # tied
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(cut / "model.safetensors"))
     with pytest.raises(KeyError, match=r"cut.*deepstack_merger_list\.0\."):
-        hf.load_qwen2_vl(str(cut))
+        hf.load_model(str(cut))
 
 
 def test_presets_are_listed():
     assert {"qwen3_vl-tiny", "qwen3_vl-2b", "qwen3_vl-4b", "qwen3_vl-8b"} <= set(PRESETS)
     assert get_preset("qwen3_vl-8b").head_dim == 128 and get_preset("qwen3_vl-4b").head_dim == 128
+
+
+def test_processor_for_qwen3_vl(pair, tmp_path, tokenizer_dir):
+    """Without a model folder the Qwen3-VL processor is transformers' image processor with the
+    published Qwen3-VL settings (16-px patches, merge 2, mean/std 0.5): its arrays run through the
+    model; a folder whose preprocessor_config.json has another patch size fails naming it."""
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    from vrft_jax.inputs import PromptProcessor
+
+    torch_model, model, path = pair
+    if "untied" in path:
+        pytest.skip("checked once")
+    kw = dict(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 24)
+    processor = PromptProcessor(tokenizer_dir, model_type="qwen3_vl", **kw)
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 255, (100, 150, 3), dtype=np.uint8))
+    batch = processor.encode_batch([([image], "What is this?"), ([], "Hello")])
+    pv, grid = batch["pixel_values"], batch["image_grid_thw"]
+    reference = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3, **kw
+    )(images=[image], return_tensors="np")
+    np.testing.assert_array_equal(grid, reference["image_grid_thw"])
+    np.testing.assert_allclose(pv, reference["pixel_values"], rtol=0, atol=1e-6)
+    assert pv.shape[1] == 1536 and grid[0, 1] % 2 == 0 and grid[0, 2] % 2 == 0
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ref = tiny_hf.hf_logits(torch_model, ids, mask, pv, grid)
+    assert rel_err(model(ids, mask, pv, grid), ref, mask) <= TOL
+
+    folder = tmp_path / "qwen2_processor"
+    folder.mkdir()
+    for name in os.listdir(tokenizer_dir):
+        (folder / name).write_bytes(open(os.path.join(tokenizer_dir, name), "rb").read())
+    with pytest.raises(ValueError, match=r"qwen2_processor[/\\]preprocessor_config.json: "):
+        PromptProcessor(str(folder), model_type="qwen3_vl", **kw)
