@@ -246,3 +246,22 @@ def test_bad_inputs_fail_at_load_naming_file_and_key(pair, tmp_path):
         hf.load_model(bad)
     ok = folder("patch14", tensors, config, dict(processor, patch_size=14))
     assert hf.read_config(ok).patch_size == 14
+
+
+def test_model_init_folder_gives_the_family(pair):
+    """The trainer's model set-up reads the family from model_init's config.json."""
+    from configs import base
+    from vrft_jax import model_setup
+
+    _, model, path = pair
+    if "untied" in path:
+        pytest.skip("checked on the tied model's folder")
+    config = base.get_config()
+    config.model_init = path  # config.model.preset stays "tiny" (a Qwen2-VL): the folder decides
+    built = model_setup.build_model(config)
+    assert built.config.model_type == "qwen2_5_vl" and built.config.window_size == 84
+    assert type(built.visual).__name__ == "WindowVisionTower"
+    np.testing.assert_array_equal(
+        np.asarray(built.visual.blocks.gate_kernel[...]),
+        np.asarray(model.visual.blocks.gate_kernel[...]),
+    )
