@@ -10,7 +10,7 @@ from vrft_jax.data import make_source
 from vrft_jax.evals import make_evaluators
 
 PAPER_CONFIGS = {
-    "coco_fewshot": ["", "shots=16,model=7b", "runlocal"],
+    "coco_fewshot": ["", "shots=16,model=7b", "model=qwen2_5_vl-7b", "runlocal"],
     "lvis_rare": ["", "runlocal"],
     "coco_ov": ["", "eval=base", "runlocal"],
     "lvis_ov": ["", "runlocal"],
@@ -20,7 +20,7 @@ PAPER_CONFIGS = {
         "dataset=cars",
         "dataset=aircraft,runlocal",
     ],  # fmt: skip
-    "lisa": ["", "runlocal"],
+    "lisa": ["", "model=qwen2_5_vl-3b", "runlocal"],
     "rows": ["", "task=classification,runlocal"],
 }
 
@@ -52,6 +52,10 @@ def test_paper_config_fields_and_settings(name, arg):
     assert "Expected" in importlib.import_module(f"configs.{name}").__doc__
     if "runlocal" in arg:
         assert config.model.preset == "tiny" and config.total_steps <= 2
+    if "qwen2_5_vl" in arg:  # the Qwen2.5-VL preset and hub folder name
+        size = arg.partition("qwen2_5_vl-")[2][:2]
+        assert config.model.preset == f"qwen2_5_vl-{size}"
+        assert config.model_init.endswith(f"Qwen2.5-VL-{size.upper()}-Instruct")
 
 
 def test_config_arguments_are_checked():

@@ -232,9 +232,37 @@ def _read(ckpt: _Checkpoint, entry, shape, dtype):
     return out
 
 
+# preprocessor_config.json key -> the QwenVLConfig field it must equal
+PROCESSOR_KEYS = (
+    ("patch_size", "patch_size"),
+    ("merge_size", "spatial_merge_size"),
+    ("temporal_patch_size", "temporal_patch_size"),
+)
+
+
+def check_processor_config(path: str, config: QwenVLConfig) -> None:
+    """A folder's preprocessor_config.json (when present) cuts images into the patches the model
+    embeds: its patch_size, merge_size and temporal_patch_size must equal the model's (else a
+    ValueError naming the file and the key)."""
+    file = os.path.join(path, "preprocessor_config.json")
+    if not os.path.isfile(file):
+        return
+    processor = read_json(file)
+    if not isinstance(processor, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(processor).__name__}")
+    for key, field in PROCESSOR_KEYS:
+        if key in processor and processor[key] != getattr(config, field):
+            raise ValueError(
+                f"{file}: {key} is {processor[key]!r} but the model (config.json) has "
+                f"{field}={getattr(config, field)!r}; the processor must cut the patches the "
+                "model embeds"
+            )
+
+
 def read_config(path: str) -> QwenVLConfig:
-    """The QwenVLConfig of a Hugging Face folder (family from its `model_type`); ValueError naming
-    config.json and the field (an unsupported model_type names the supported ones)."""
+    """The QwenVLConfig of a Hugging Face folder (family from its `model_type`), checked against
+    the folder's preprocessor_config.json; ValueError naming the file and the field (an
+    unsupported model_type names the supported ones)."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a folder (expected a Hugging Face Qwen-VL folder)")
@@ -244,10 +272,12 @@ def read_config(path: str) -> QwenVLConfig:
     if not isinstance(hf_config, dict):
         raise ValueError(f"{cfg_path}: expected a JSON object, got {type(hf_config).__name__}")
     try:
-        return QwenVLConfig.from_hf(hf_config)
+        config = QwenVLConfig.from_hf(hf_config)
     except (ValueError, KeyError, TypeError) as e:  # from_hf names the field, we add the file
         detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise ValueError(f"{cfg_path}: {detail.removeprefix('config.json: ')}") from e
+    check_processor_config(path, config)
+    return config
 
 
 def torch_dtype(path: str) -> str | None:

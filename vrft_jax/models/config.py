@@ -431,7 +431,8 @@ PRESETS = {
         num_key_value_heads=4,
         tie_word_embeddings=False,
     ),
-    # Qwen2.5-VL tiny: 56 px windows (2x2 merged tokens), full attention in block 1 of 3.
+    # Qwen2.5-VL tiny: 84 px windows (3x3 merged tokens: partial windows at most image edges),
+    # full attention in block 1 of 3.
     "qwen2_5_vl-tiny": _qwen2_5_vl(
         hidden_size=64,
         intermediate_size=128,
@@ -444,7 +445,7 @@ PRESETS = {
         vision_embed_dim=32,
         vision_num_heads=4,
         vision_intermediate_size=48,
-        window_size=56,
+        window_size=84,
         fullatt_block_indexes=(1,),
     ),
     "qwen2_5_vl-3b": _qwen2_5_vl(
