@@ -201,6 +201,15 @@ def test_bad_checkpoints_fail_naming_file_and_key(pair, tmp_path):
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(cut / "model.safetensors"))
     with pytest.raises(KeyError, match=r"cut.*deepstack_merger_list\.0\."):
         hf.load_model(str(cut))
+    # A model folder with a Qwen2-VL image processor (14-px patches).
+    wrong = tmp_path / "wrong_processor"
+    wrong.mkdir()
+    (wrong / "config.json").write_text(json.dumps(config))
+    (wrong / "preprocessor_config.json").write_text(json.dumps({"patch_size": 14, "merge_size": 2}))
+    with pytest.raises(
+        ValueError, match=r"wrong_processor[/\\]preprocessor_config.json: patch_size"
+    ):
+        hf.load_model(str(wrong))
 
 
 def test_presets_are_listed():
