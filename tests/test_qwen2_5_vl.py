@@ -90,13 +90,15 @@ def test_logits_match_transformers_packed_and_slots(pair):
     """Left-padded batch with a text-only row, a one-image row and a two-image row of different
     sizes: logits equal transformers' in the packed layout (the call contract) and in the
     per-image slots layout, and the two layouts agree."""
-    torch_model, model, _ = pair
+    torch_model, model, path = pair
     ids, mask, pv, grid = batch(0)
     ref = tiny_hf.hf_logits(torch_model, ids, mask, pv, grid)
     packed = np.asarray(model(ids, mask, pv, grid))
     err = rel_err(packed, ref, mask)
     print(f"qwen2.5-vl packed logits rel err {err:.2e}")
     assert err <= TOL
+    if "untied" in path:
+        return  # the image layout does not depend on the head (slots checked on the tied model)
 
     slots, slot_grid = buckets.pad_images(pv, grid, (64, 256), (4,), layout="slots")
     assert slots.shape == (4, 256, 1176)  # 3 images + one padding slot; the largest needs 140
