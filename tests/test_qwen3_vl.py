@@ -5,6 +5,7 @@ greedy generation, sampler log-probs, preset parameter counts and bad checkpoint
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -253,3 +254,44 @@ def test_processor_for_qwen3_vl(pair, tmp_path, tokenizer_dir):
         (folder / name).write_bytes(open(os.path.join(tokenizer_dir, name), "rb").read())
     with pytest.raises(ValueError, match=r"qwen2_processor[/\\]preprocessor_config.json: "):
         PromptProcessor(str(folder), model_type="qwen3_vl", **kw)
+
+
+# GRPO only: the SFT step runs the same model code (encode_images + rows_logprobs) and passed the
+# same check when run (sft: 139 s here on 2 shared cores), over this file's test-time budget.
+@pytest.mark.parametrize("kind", ["grpo"])
+def test_qwen3_vl_step_sharded_matches_one_device(kind):
+    """The Qwen3-VL family (DeepStack, q/k norms) through the same train step as every family
+    (test_train_step's batch, 16-px pixel rows): fsdp x tensor over 8 devices equals one device,
+    and the step reaches the DeepStack mergers."""
+    import test_train_step as tts
+
+    from vrft_jax import optim, sharding, steps
+    from vrft_jax.models import random_qwen2_vl
+
+    batch = tts.make_batch()
+    rows = batch["pixel_values"].shape[0]
+    batch["pixel_values"] = np.random.default_rng(7).normal(size=(rows, 1536)).astype(np.float32)
+    if kind == "sft":
+        batch = {k: batch[k] for k in (*steps.PROMPT_KEYS, "completion_ids", "completion_mask")}
+    preset = get_preset("qwen3_vl-tiny", vocab_size=512, **tts.IDS)
+    results = []
+    for mesh_config in (None, tts.MESHES["fsdp4_tensor2"]):
+        devices = jax.devices() if mesh_config else jax.devices()[:1]
+        mesh = sharding.make_mesh(mesh_config or (("data", 1),), devices)
+        graphdef, params = nnx.split(random_qwen2_vl(preset, seed=1), nnx.Param)
+        config = tts.make_config()
+        tx, schedule = optim.make_optimizer(config.optim, 10, params)
+        state, shardings = steps.make_train_state(params, tx, mesh, ())
+        fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings)
+        update = fns.update_sft if kind == "sft" else fns.update_grpo
+        before = jax.device_get(state["params"])
+        state, metrics = update(state, steps.place_batch(batch, mesh))
+        results.append((before, jax.device_get(state["params"]), steps.host_metrics(metrics)))
+    (before, want_params, want), (_, params, got) = results
+    deep = lambda p: p["visual"]["deepstack_mergers"]["fc2_kernel"]  # noqa: E731
+    assert np.abs(deep(want_params) - deep(before)).max() > 0
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-4)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6), params, want_params
+    )
