@@ -160,9 +160,9 @@ class Qwen3VisionTower(nnx.Module):
         x = x + self.patch_bias[...].astype(dt)
         side = int(c.num_position_embeddings**0.5)
         index, weight = position_embedding_taps(hpos, wpos, height, width, side)
-        table = self.pos_embed[...].astype(dt)
-        pos = jnp.sum(jnp.take(table, index, axis=0) * weight[..., None].astype(dt), axis=-2)
-        x = x + pos  # [F, S, VE]
+        # The weighted sum in float32, then the compute dtype (as transformers: float32 weights).
+        taps = jnp.take(self.pos_embed[...], index, axis=0).astype(jnp.float32)
+        x = x + jnp.sum(taps * weight[..., None], axis=-2).astype(dt)  # [F, S, VE]
         cos, sin = rope.vision_cos_sin(
             hpos.reshape(-1), wpos.reshape(-1), c.vision_head_dim, c.vision_rope_theta
         )
