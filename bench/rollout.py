@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python bench/rollout.py --preset cpu-small        # ~45M params, a few minutes
     PYTHONPATH=. python bench/rollout.py --preset 2b [--no-torch]  # Qwen2-VL-2B shapes, bf16
+    PYTHONPATH=. python bench/rollout.py --preset cpu-small-qwen2_5_vl   # the Qwen2.5-VL family
+    PYTHONPATH=. python bench/rollout.py --preset qwen2_5_vl-3b          # (and qwen2_5_vl-7b)
 
 2b is the Visual-RFT setting: 8 prompts x 8 samples, one 448x448 image each (256 image tokens of a
 ~378-token prompt), 256 new tokens, temperature 1. Random weights (std 0.02) are written to a tmp
@@ -48,8 +50,26 @@ class Preset:
     prompt_tokens: int  # total prompt length, image tokens included
     new_tokens: int  # C
     dtype: str
-    config: dict  # Qwen2VLConfig overrides of the 2b preset
+    config: dict  # QwenVLConfig overrides of the 2b preset (model_type picks the family)
 
+
+def overrides_of_2b(preset: str) -> dict:
+    """A library preset (vrft_jax.models.PRESETS) as overrides of the 2b preset."""
+    base, target = (dataclasses.asdict(get_preset(name)) for name in ("2b", preset))
+    return {k: v for k, v in target.items() if v != base[k]}
+
+
+CPU_SMALL = dict(
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    mrope_section=(8, 12, 12),
+    vision_depth=2,
+    vision_embed_dim=128,
+    vision_num_heads=4,
+)
 
 PRESETS = {
     # ~45M parameters (39M of them the 151936 x 256 tied embedding): fp32, minutes on 2 CPU cores.
@@ -60,16 +80,24 @@ PRESETS = {
         prompt_tokens=64,
         new_tokens=32,
         dtype="float32",
+        config=CPU_SMALL,
+    ),
+    # cpu-small as a Qwen2.5-VL: RMSNorm/SwiGLU vision blocks (width 128, MLP 342 as 1280 -> 3420),
+    # 56 px windows so the 112 px image holds 2x2 windows in block 0, full attention in block 1.
+    "cpu-small-qwen2_5_vl": Preset(
+        prompts=2,
+        samples=4,
+        image_size=112,
+        prompt_tokens=64,
+        new_tokens=32,
+        dtype="float32",
         config=dict(
-            hidden_size=256,
-            intermediate_size=1024,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            mrope_section=(8, 12, 12),
-            vision_depth=2,
-            vision_embed_dim=128,
-            vision_num_heads=4,
+            CPU_SMALL,
+            model_type="qwen2_5_vl",
+            vision_hidden_act="silu",
+            vision_intermediate_size=342,
+            window_size=56,
+            fullatt_block_indexes=(1,),
         ),
     ),
     "2b": Preset(
@@ -81,6 +109,9 @@ PRESETS = {
         dtype="bfloat16",
         config={},
     ),
+    # The 2b rollout shapes on Qwen2.5-VL-3B / -7B (7B: G = 4, the paper configs' 7B setting).
+    "qwen2_5_vl-3b": Preset(8, 8, 448, 378, 256, "bfloat16", overrides_of_2b("qwen2_5_vl-3b")),
+    "qwen2_5_vl-7b": Preset(8, 4, 448, 378, 256, "bfloat16", overrides_of_2b("qwen2_5_vl-7b")),
 }
 
 # Peak HBM bandwidth (bytes/s) by device kind substring; the first match wins.
