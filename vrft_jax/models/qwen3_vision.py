@@ -173,7 +173,9 @@ class Qwen3VisionTower(nnx.Module):
             return vision_block(x, p, cos, sin, mask, c.attention), None
 
         # The blocks run as consecutive scans that end after each DeepStack block, whose output
-        # then goes through its merger.
+        # then goes through its merger. Slicing the stacked block weights per scan may copy them
+        # (the tower's weights, once per forward); one scan would instead have to emit or carry
+        # every block's output (depth x S x VE activations, saved again for the backward).
         blocks = values(self.blocks, BLOCK_PARAMS)
         ends = [i + 1 for i in c.deepstack_visual_indexes] + [c.vision_depth]
         start, outputs = 0, []
