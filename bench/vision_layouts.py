@@ -84,6 +84,9 @@ def main():
         "run with XLA_FLAGS=--xla_force_host_platform_device_count=8",
     )
     ap.add_argument("--time", action="store_true", help="also run both on random weights")
+    ap.add_argument(
+        "--layouts", nargs="+", choices=("packed", "slots"), default=["packed", "slots"]
+    )
     a = ap.parse_args()
     p = PRESETS[a.preset]
     images = a.images or p["images"]
@@ -98,8 +101,7 @@ def main():
     pixels = pixels.astype(np.float32)
     patch_buckets = p.get("patch_buckets")
     layouts = {
-        name: buckets.pad_images(pixels, grid, patch_buckets, layout=name)
-        for name in ("packed", "slots")
+        name: buckets.pad_images(pixels, grid, patch_buckets, layout=name) for name in a.layouts
     }
 
     def program(cfg, scan_layers: bool):
@@ -139,9 +141,10 @@ def main():
                 f"{nbytes / 1e9:.1f} GB accessed, temporaries {temp_s} "
                 f"(compiled in {time.perf_counter() - t0:.1f}s)"
             )
-        (f0, b0, t0_), (f1, b1, t1) = results["packed"], results["slots"]
-        ratio_t = f" temporaries {t0_ / t1:.1f}x" if t0_ and t1 else ""
-        print(f"  {label}packed / slots: flops {f0 / f1:.1f}x, bytes {b0 / b1:.1f}x,{ratio_t}")
+        if len(results) == 2:
+            (f0, b0, t0_), (f1, b1, t1) = results["packed"], results["slots"]
+            ratio_t = f" temporaries {t0_ / t1:.1f}x" if t0_ and t1 else ""
+            print(f"  {label}packed / slots: flops {f0 / f1:.1f}x, bytes {b0 / b1:.1f}x,{ratio_t}")
         return results, unrolled, scanned, state
 
     variants = {"": config}

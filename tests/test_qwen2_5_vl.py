@@ -216,7 +216,7 @@ def test_param_counts_equal_transformers(name):
     assert ours == theirs
 
 
-def test_bad_inputs_fail_at_load_naming_file_and_key(pair, tmp_path):
+def test_bad_inputs_fail_at_load_naming_file_and_key(pair, tmp_path, tokenizer_dir):
     _, _, path = pair
     if "untied" in path:
         pytest.skip("checked on the tied model's files")
@@ -248,6 +248,23 @@ def test_bad_inputs_fail_at_load_naming_file_and_key(pair, tmp_path):
         hf.load_model(bad)
     ok = folder("patch14", tensors, config, dict(processor, patch_size=14))
     assert hf.read_config(ok).patch_size == 14
+
+    # The trainer's start-up check: the tokenizer folder's processor against the model.
+    import shutil
+
+    from configs import base
+    from vrft_jax import main
+
+    run = base.get_config()
+    run.model_init = ok
+    run.tokenizer = str(tmp_path / "tokenizer")
+    shutil.copytree(tokenizer_dir, run.tokenizer)
+    main.check_model_files(run)  # the shipped Qwen2-VL processor: 14 px patches, merge 2
+    with open(f"{run.tokenizer}/preprocessor_config.json", "w") as f:
+        json.dump(dict(json.load(open(f"{tokenizer_dir}/preprocessor_config.json")),
+                       merge_size=4), f)  # fmt: skip
+    with pytest.raises(ValueError, match=r"tokenizer/preprocessor_config\.json: merge_size is 4"):
+        main.check_model_files(run)
 
 
 def test_model_init_folder_gives_the_family(pair):

@@ -11,6 +11,7 @@ those of the Qwen2-VL tower: packed [S, 1176] -> [S/4, E] or slots [I, Q, 1176] 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -93,11 +94,12 @@ class WindowVisionTower(nnx.Module):
         if not slots:  # one sequence: a leading axis of 1 so both layouts share the code
             pixel_values = pixel_values[None]
         win = self.window_tokens
-        layout = windows.window_layout(image_grid_thw, num, c.spatial_merge_size, win, slots)
-        segment, window, hpos, wpos, dest = layout
+        *per_patch, dest = windows.window_layout(
+            image_grid_thw, num, c.spatial_merge_size, win, slots
+        )
         src = windows.inverse_order(dest)
         # Everything below runs in window order (patch k of the sequence is image patch src[k]).
-        segment, window, hpos, wpos = (windows.gather_rows(a, src) for a in layout[:4])
+        segment, window, hpos, wpos = (windows.gather_rows(a, src) for a in per_patch)
         x = windows.gather_rows(pixel_values.astype(dt), src)
         # Patch embedding: the Conv3d with kernel = stride is one matmul over flattened patches.
         x = x @ self.patch_embed[...].astype(dt)  # [F, N, VE]
@@ -113,16 +115,27 @@ class WindowVisionTower(nnx.Module):
         )
         is_full = np.isin(np.arange(c.vision_depth), c.fullatt_block_indexes)
 
-        def body(x, xs):
-            p, full = xs
+        def block_body(attend):
+            def body(x, p):
+                return vision_block(x, p, cos, sin, attend, c.vision_hidden_act), None
 
-            def run(attend):
-                return lambda x: vision_block(x, p, cos, sin, attend, c.vision_hidden_act)
+            return body
 
-            return jax.lax.cond(full, run(attend_full), run(attend_window), x), None
-
+        full_body, window_body = block_body(attend_full), block_body(attend_window)
         params = values(self.blocks, BLOCK_PARAMS)
-        x, _ = scan_layers(body, x, (params, is_full), scan=c.scan_layers, remat=c.vision_remat)
+        if c.scan_layers:  # one compiled block; each layer's flag picks its attention
+
+            def body(x, xs):
+                p, full = xs
+                return jax.lax.cond(full, full_body, window_body, x, p)
+
+            xs = (params, jnp.asarray(is_full))
+            x, _ = scan_layers(body, x, xs, scan=True, remat=c.vision_remat)
+        else:  # unrolled: each block's attention chosen here
+            for i, full in enumerate(is_full):
+                layer = jax.tree.map(lambda a, i=i: a[i : i + 1], params)
+                body = full_body if full else window_body
+                x, _ = scan_layers(body, x, layer, scan=False, remat=c.vision_remat)
         x = windows.gather_rows(x, dest)  # back to image order
         merged = self.merger(x.reshape(-1, x.shape[-1]), c.merge_unit)
         if not slots:
