@@ -255,6 +255,18 @@ def test_processor_for_qwen3_vl(pair, tmp_path, tokenizer_dir):
     with pytest.raises(ValueError, match=r"qwen2_processor[/\\]preprocessor_config.json: "):
         PromptProcessor(str(folder), model_type="qwen3_vl", **kw)
 
+    # The trainer's start-up check agrees: a random-init Qwen3-VL run with the shipped tokenizer
+    # passes (it takes the settings above); a tokenizer folder with a 14-px processor fails.
+    from configs import base
+    from vrft_jax import main
+
+    run = base.get_config()
+    run.model.preset = "qwen3_vl-tiny"
+    main.check_model_files(run)
+    run.tokenizer = str(folder)
+    with pytest.raises(ValueError, match=r"qwen2_processor[/\\]preprocessor_config.json: patch"):
+        main.check_model_files(run)
+
 
 # GRPO only: the SFT step runs the same model code (encode_images + rows_logprobs) and passed the
 # same check when run (sft: 139 s here on 2 shared cores), over this file's test-time budget.

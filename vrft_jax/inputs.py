@@ -125,6 +125,17 @@ def _array_to_pil(array, name):
     return PIL.Image.fromarray(array).convert("RGB")
 
 
+def processor_file(folder: str, model_type: str) -> str | None:
+    """The preprocessor_config.json the image processor of `model_type` is read from, or None when
+    the family's IMAGE_PROCESSOR_SETTINGS are used: no such file, or the shipped Qwen2-VL tokenizer
+    folder (no model folder given) for another family."""
+    file = os.path.join(folder, "preprocessor_config.json")
+    shipped = os.path.realpath(folder) == os.path.realpath(SHIPPED_DIR)
+    if not os.path.isfile(file) or (shipped and model_type != "qwen2_vl"):
+        return None
+    return file
+
+
 def load_image_processor(
     folder: str, *, min_pixels: int, max_pixels: int, model_type: str = "qwen2_vl"
 ):
@@ -146,9 +157,8 @@ def load_image_processor(
     except ImportError:  # transformers 4.x
         processor_cls = transformers.Qwen2VLImageProcessor
     kwargs = dict(min_pixels=min_pixels, max_pixels=max_pixels)
-    file = os.path.join(folder, "preprocessor_config.json")
-    shipped = os.path.realpath(folder) == os.path.realpath(SHIPPED_DIR)
-    if os.path.isfile(file) and not (shipped and model_type != "qwen2_vl"):
+    file = processor_file(folder, model_type)
+    if file is not None:
         processor = processor_cls.from_pretrained(folder, **kwargs)
         for key in ("patch_size", "temporal_patch_size", "merge_size"):
             got = getattr(processor, key, None)

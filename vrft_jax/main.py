@@ -121,7 +121,12 @@ def check_model_files(config) -> None:
         model_config = get_preset(config.model.preset)
     tokenizer_dir = config_utils.resolve_tokenizer_dir(config)
     config_utils.check_json_files(tokenizer_dir)
-    hf.check_processor_config(tokenizer_dir, model_config)
+    from vrft_jax.inputs import processor_file
+
+    # Without a model folder a Qwen3-VL run takes its family's processor settings, not the
+    # shipped Qwen2-VL files (inputs.load_image_processor): only a file that is read is checked.
+    if processor_file(tokenizer_dir, model_config.model_type):
+        hf.check_processor_config(tokenizer_dir, model_config)
 
 
 @contextlib.contextmanager
