@@ -4,6 +4,7 @@
     PYTHONPATH=. python bench/train_step_cost.py --remat full --micro-batch-size 32
     PYTHONPATH=. python bench/train_step_cost.py --preset 7b --freeze-vision
     PYTHONPATH=. python bench/train_step_cost.py --preset qwen2_5_vl-3b   # (or qwen2_5_vl-7b)
+    PYTHONPATH=. python bench/train_step_cost.py --preset qwen3_vl-8b     # (or qwen3_vl-2b/-4b)
     PYTHONPATH=. python bench/train_step_cost.py --sweep            # micro-batch x remat table
     PYTHONPATH=. python bench/train_step_cost.py --fsdp 1,2,4,8     # per device over FSDP sizes
 
@@ -524,6 +525,7 @@ def fsdp_sweep(args, sizes):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     presets = ("tiny", "2b", "7b", "qwen2_5_vl-3b", "qwen2_5_vl-7b")
+    presets += ("qwen3_vl-2b", "qwen3_vl-4b", "qwen3_vl-8b")
     ap.add_argument("--preset", choices=presets, default="2b")
     ap.add_argument("--prompts", type=int, help="B prompts per step (default input.batch_size)")
     ap.add_argument("--G", type=int, help="samples per prompt (default grpo.G)")
