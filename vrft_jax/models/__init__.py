@@ -1,4 +1,4 @@
-"""Qwen-VL models (Qwen2-VL, Qwen2.5-VL) in Flax NNX."""
+"""Qwen-VL models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL dense) in Flax NNX."""
 
 from vrft_jax.models.config import (
     PRESETS,
