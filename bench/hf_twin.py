@@ -1,4 +1,6 @@
-"""transformers' Qwen2VLForConditionalGeneration holding our model's weights, built in memory.
+"""transformers' model of our model's family (Qwen2VLForConditionalGeneration,
+Qwen2_5_VLForConditionalGeneration, ...: config.json's `architectures`) holding our model's weights,
+built in memory.
 
     twin = hf_twin.torch_model(model, dtype="bfloat16", device="cuda")
 
@@ -55,24 +57,23 @@ def _no_init():
 
 
 def torch_model(model, dtype: str, device: str):
-    """transformers' Qwen2-VL (eval mode) on `device` in `dtype` with `model`'s weights.
+    """transformers' model of `model`'s family (eval mode) on `device` in `dtype` with `model`'s
+    weights.
 
     Attention is transformers' "sdpa" (flash / memory-efficient kernels on GPU)."""
     import torch
     import transformers
 
-    config = transformers.Qwen2VLConfig.from_dict(model.config.to_hf())
+    hf_config = model.config.to_hf()
+    config = transformers.AutoConfig.for_model(**hf_config)
     config._attn_implementation = "sdpa"
+    model_class = getattr(transformers, hf_config["architectures"][0])
     torch_dtype = getattr(torch, dtype)
     with torch.device(device):
         try:
-            twin = transformers.Qwen2VLForConditionalGeneration._from_config(
-                config, dtype=torch_dtype
-            )
+            twin = model_class._from_config(config, dtype=torch_dtype)
         except TypeError:  # transformers 4.x
-            twin = transformers.Qwen2VLForConditionalGeneration._from_config(
-                config, torch_dtype=torch_dtype
-            )
+            twin = model_class._from_config(config, torch_dtype=torch_dtype)
     targets = twin.state_dict()
     filled = set()
     with torch.no_grad():

@@ -2,6 +2,9 @@
 
     PYTHONPATH=. python bench/rollout.py --preset cpu-small        # ~45M params, a few minutes
     PYTHONPATH=. python bench/rollout.py --preset 2b [--no-torch]  # Qwen2-VL-2B shapes, bf16
+    PYTHONPATH=. python bench/rollout.py --preset cpu-small-qwen2_5_vl   # the Qwen2.5-VL family
+    PYTHONPATH=. python bench/rollout.py --preset qwen2_5_vl-3b          # (and qwen2_5_vl-7b)
+    PYTHONPATH=. python bench/rollout.py --preset cpu-small-qwen3_vl     # the Qwen3-VL family
 
 2b is the Visual-RFT setting: 8 prompts x 8 samples, one 448x448 image each (256 image tokens of a
 ~378-token prompt), 256 new tokens, temperature 1. Random weights (std 0.02) are written to a tmp
@@ -44,12 +47,30 @@ VISION_START, VISION_END, IMAGE = 151652, 151653, 151655
 class Preset:
     prompts: int  # B
     samples: int  # G
-    image_size: int  # square image side in pixels (multiple of 28)
+    image_size: int  # square image side in pixels (multiple of 28; Qwen3-VL: of 32)
     prompt_tokens: int  # total prompt length, image tokens included
     new_tokens: int  # C
     dtype: str
-    config: dict  # Qwen2VLConfig overrides of the 2b preset
+    config: dict  # QwenVLConfig overrides of the 2b preset (model_type picks the family)
 
+
+def overrides_of_2b(preset: str) -> dict:
+    """A library preset (vrft_jax.models.PRESETS) as overrides of the 2b preset."""
+    base, target = (dataclasses.asdict(get_preset(name)) for name in ("2b", preset))
+    return {k: v for k, v in target.items() if v != base[k]}
+
+
+CPU_SMALL = dict(
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    mrope_section=(8, 12, 12),
+    vision_depth=2,
+    vision_embed_dim=128,
+    vision_num_heads=4,
+)
 
 PRESETS = {
     # ~45M parameters (39M of them the 151936 x 256 tied embedding): fp32, minutes on 2 CPU cores.
@@ -60,16 +81,48 @@ PRESETS = {
         prompt_tokens=64,
         new_tokens=32,
         dtype="float32",
+        config=CPU_SMALL,
+    ),
+    # cpu-small as a Qwen2.5-VL: RMSNorm/SwiGLU vision blocks (width 128, MLP 342 as 1280 -> 3420),
+    # 56 px windows so the 112 px image holds 2x2 windows in block 0, full attention in block 1.
+    "cpu-small-qwen2_5_vl": Preset(
+        prompts=2,
+        samples=4,
+        image_size=112,
+        prompt_tokens=64,
+        new_tokens=32,
+        dtype="float32",
         config=dict(
-            hidden_size=256,
-            intermediate_size=1024,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            mrope_section=(8, 12, 12),
-            vision_depth=2,
-            vision_embed_dim=128,
-            vision_num_heads=4,
+            CPU_SMALL,
+            model_type="qwen2_5_vl",
+            vision_hidden_act="silu",
+            vision_intermediate_size=342,
+            window_size=56,
+            fullatt_block_indexes=(1,),
+        ),
+    ),
+    # cpu-small as a Qwen3-VL: Qwen3 decoder (q/k norms, head_dim 64, interleaved M-RoPE), 16-px
+    # patches (128 px image: 8x8 patches, 16 tokens), 3 gelu-tanh vision blocks with DeepStack
+    # after blocks 0 and 1, a 6x6 learned position grid.
+    "cpu-small-qwen3_vl": Preset(
+        prompts=2,
+        samples=4,
+        image_size=128,
+        prompt_tokens=64,
+        new_tokens=32,
+        dtype="float32",
+        config=dict(
+            CPU_SMALL,
+            model_type="qwen3_vl",
+            explicit_head_dim=64,
+            mrope_section=(12, 10, 10),
+            mrope_interleaved=True,
+            rope_theta=5_000_000.0,
+            patch_size=16,
+            vision_depth=3,
+            vision_intermediate_size=512,
+            num_position_embeddings=36,
+            deepstack_visual_indexes=(0, 1),
         ),
     ),
     "2b": Preset(
@@ -81,6 +134,13 @@ PRESETS = {
         dtype="bfloat16",
         config={},
     ),
+    # The 2b rollout shapes on Qwen2.5-VL-3B / -7B (7B: G = 4, the paper configs' 7B setting).
+    "qwen2_5_vl-3b": Preset(8, 8, 448, 378, 256, "bfloat16", overrides_of_2b("qwen2_5_vl-3b")),
+    "qwen2_5_vl-7b": Preset(8, 4, 448, 378, 256, "bfloat16", overrides_of_2b("qwen2_5_vl-7b")),
+    # ... and on Qwen3-VL-2B / -4B / -8B (448 px = 28x28 16-px patches, 196 image tokens).
+    "qwen3_vl-2b": Preset(8, 8, 448, 378, 256, "bfloat16", overrides_of_2b("qwen3_vl-2b")),
+    "qwen3_vl-4b": Preset(8, 8, 448, 378, 256, "bfloat16", overrides_of_2b("qwen3_vl-4b")),
+    "qwen3_vl-8b": Preset(8, 4, 448, 378, 256, "bfloat16", overrides_of_2b("qwen3_vl-8b")),
 }
 
 # Peak HBM bandwidth (bytes/s) by device kind substring; the first match wins.
@@ -108,7 +168,8 @@ def peak_bandwidth(device_kind: str):
 def make_inputs(p: Preset, seed=0):
     """Left-padded prompts (text, <vs>, image tokens, <ve>, text) and their packed images."""
     rng = np.random.default_rng(seed)
-    side = p.image_size // 14
+    config = get_preset("2b", **p.config)  # patch 14 (Qwen2/2.5-VL) or 16 (Qwen3-VL)
+    side = p.image_size // config.patch_size
     grid = (1, side, side)
     n_img = side * side // 4
     rows = []
@@ -123,7 +184,8 @@ def make_inputs(p: Preset, seed=0):
     for i, r in enumerate(rows):
         input_ids[i, width - len(r) :] = r
         mask[i, width - len(r) :] = 1
-    pixel_values = rng.standard_normal((p.prompts * side * side, 1176)).astype(np.float32)
+    pixel_values = rng.standard_normal((p.prompts * side * side, config.patch_dim))
+    pixel_values = pixel_values.astype(np.float32)
     image_grid_thw = np.asarray([grid] * p.prompts, np.int64)
     return input_ids, mask, pixel_values, image_grid_thw
 

@@ -1,8 +1,10 @@
-"""Does one GRPO update of Qwen2-VL fit on one GPU, and what does it cost? Compiled, no weights.
+"""Does one GRPO update of Qwen2-VL or Qwen2.5-VL fit on one GPU, and what does it cost? No weights.
 
     PYTHONPATH=. python bench/train_step_cost.py                    # 2b, the paper's step
     PYTHONPATH=. python bench/train_step_cost.py --remat full --micro-batch-size 32
     PYTHONPATH=. python bench/train_step_cost.py --preset 7b --freeze-vision
+    PYTHONPATH=. python bench/train_step_cost.py --preset qwen2_5_vl-3b   # (or qwen2_5_vl-7b)
+    PYTHONPATH=. python bench/train_step_cost.py --preset qwen3_vl-8b     # (or qwen3_vl-2b/-4b)
     PYTHONPATH=. python bench/train_step_cost.py --sweep            # micro-batch x remat table
     PYTHONPATH=. python bench/train_step_cost.py --fsdp 1,2,4,8     # per device over FSDP sizes
 
@@ -90,7 +92,7 @@ def step_config(args):
     from configs import base, common
 
     c = base.get_config()
-    common.reference_training(c, "7b" if args.preset == "7b" else "2b")
+    common.reference_training(c, args.preset if args.preset in common.MODELS else "2b")
     c.model_init = ""  # shapes only
     c.model.preset = args.preset
     c.model.remat = args.remat or c.model.remat
@@ -408,7 +410,7 @@ def report(c, r):
     N = B * G
     num_micro = steps.num_micro_batches(N, int(g.micro_batch_size))
     print(
-        f"Qwen2-VL {m.preset} ({r['params'] / 1e9:.2f}B params, {m.master_dtype} master weights"
+        f"{m.preset} ({r['params'] / 1e9:.2f}B params, {m.master_dtype} master weights"
         f" and Adam state (first moment {c.optim.mu_dtype or m.master_dtype}), "
         f"{m.compute_dtype} compute, remat {m.remat} (vision {m.vision_remat}), "
         f"freeze {c.optim.freeze or 'none'}); "
@@ -522,7 +524,9 @@ def fsdp_sweep(args, sizes):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=("tiny", "2b", "7b"), default="2b")
+    presets = ("tiny", "2b", "7b", "qwen2_5_vl-3b", "qwen2_5_vl-7b")
+    presets += ("qwen3_vl-2b", "qwen3_vl-4b", "qwen3_vl-8b")
+    ap.add_argument("--preset", choices=presets, default="2b")
     ap.add_argument("--prompts", type=int, help="B prompts per step (default input.batch_size)")
     ap.add_argument("--G", type=int, help="samples per prompt (default grpo.G)")
     ap.add_argument("--completion", type=int, help="completion length C (sampler.max_new_tokens)")

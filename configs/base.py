@@ -29,11 +29,13 @@ def get_config(arg=None):
     c.runlocal = False  # shrink a paper config to run on a laptop
 
     # ---- Model ----------------------------------------------------------------------------------
-    c.model_init = ""  # local Hugging Face Qwen2-VL folder; "" = random init from model.preset
+    c.model_init = ""  # local HF Qwen-VL folder (family from its config.json); "" = model.preset
     c.resume = ""  # an orbax checkpoint dir to start from (after the workdir's own checkpoints)
     c.tokenizer = ""  # tokenizer/processor folder; "" = model_init, else the shipped Qwen2-VL files
     c.model = ml_collections.ConfigDict()
-    c.model.preset = "tiny"  # size for random init: "tiny" (tests, demo), "2b", "7b"
+    c.model.preset = (
+        "tiny"  # random init: "tiny", "2b", "7b", "qwen2_5_vl-tiny|3b|7b", "qwen3_vl-tiny|2b|4b|8b"
+    )
     # Mixed precision as DeepSpeed bf16 / MaxText: master weights and AdamW moments in float32
     # (a bf16 weight cannot take a 1e-6 step: near |w| = 0.02 its spacing is 1.2e-4); forward,
     # backward, reference and sampler in compute_dtype ("bfloat16" on accelerators, the weights

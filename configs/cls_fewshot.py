@@ -14,7 +14,8 @@ eval at a CoOp-style folder with source=image_folder for the paper's exact split
 Expected (paper v1, Qwen2-VL-2B, accuracy % averaged over the 4 sets): 1-shot baseline 56.0 /
 SFT 51.7 / Visual-RFT 80.3; 4-shot SFT 55.6 / Visual-RFT 81.9.
 
-Command (arg: dataset=flowers|pets|cars|aircraft, shots=1|2|4|8|16, model=2b|7b, runlocal):
+Command (arg: dataset=flowers|pets|cars|aircraft, shots=1|2|4|8|16,
+  model=2b|7b|qwen2_5_vl-3b|qwen2_5_vl-7b, runlocal):
   python -m vrft_jax.main --config configs/cls_fewshot.py:dataset=flowers,shots=4 \
     --workdir /tmp/flowers4 --config.data.tfds_data_dir=data/tensorflow_datasets
   python -m vrft_jax.main --config configs/cls_fewshot.py:dataset=aircraft,shots=4 \

@@ -12,7 +12,7 @@ pass the reference's exist map JSON as `--config.eval.detection_gate=...`.
 Expected (paper v1, mAP %, Qwen2-VL-2B): 4-shot baseline 19.6 / SFT 25.2 / Visual-RFT 40.6;
 16-shot SFT 31.3 / Visual-RFT 46.8. 7B 4-shot: 43.0 / 44.1 / 54.3.
 
-Command (arg: shots=1|2|4|8|16, model=2b|7b, runlocal):
+Command (arg: shots=1|2|4|8|16, model=2b|7b|qwen2_5_vl-3b|qwen2_5_vl-7b, runlocal):
   python -m vrft_jax.main --config configs/coco_fewshot.py:shots=4 --workdir /tmp/coco4 \
     --config.data.path=data/coco/annotations/instances_train2017.json \
     --config.data.image_root=data/coco/train2017 \

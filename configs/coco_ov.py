@@ -10,7 +10,7 @@ hair drier, toilet, toaster, snowboard, frisbee, bear): `detection/map` is mAP_n
 
 Expected (paper v1, mAP_n %): 2B baseline 9.8 / SFT 13.6 / Visual-RFT 31.3; 7B 26.3 / 25.7 / 35.8.
 
-Command (arg: model=2b|7b, eval=novel|base|all, runlocal):
+Command (arg: model=2b|7b|qwen2_5_vl-3b|qwen2_5_vl-7b, eval=novel|base|all, runlocal):
   python -m vrft_jax.main --config configs/coco_ov.py --workdir /tmp/coco_ov \
     --config.data.path=data/coco/annotations/instances_train2017.json \
     --config.data.image_root=data/coco/train2017 \

@@ -24,26 +24,41 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
+# model= argument -> (model.preset, the local Hugging Face folder model_init points to). The
+# family is read from that folder's config.json when it exists (hf.load_model).
+MODELS = {
+    "2b": ("2b", "checkpoints/Qwen2-VL-2B-Instruct"),
+    "7b": ("7b", "checkpoints/Qwen2-VL-7B-Instruct"),
+    "qwen2_5_vl-3b": ("qwen2_5_vl-3b", "checkpoints/Qwen2.5-VL-3B-Instruct"),
+    "qwen2_5_vl-7b": ("qwen2_5_vl-7b", "checkpoints/Qwen2.5-VL-7B-Instruct"),
+    "qwen3_vl-2b": ("qwen3_vl-2b", "checkpoints/Qwen3-VL-2B-Instruct"),
+    "qwen3_vl-4b": ("qwen3_vl-4b", "checkpoints/Qwen3-VL-4B-Instruct"),
+    "qwen3_vl-8b": ("qwen3_vl-8b", "checkpoints/Qwen3-VL-8B-Instruct"),
+}
+
+
 def reference_training(c, model: str = "2b") -> None:
     """Visual-RFT's scripts and TRL/HF defaults (docs section 3.3) on a base config.
 
-    16 prompts per step (8 GPUs x 1 x 2 accumulation), G = 8 for 2B and 4 for 7B, beta 0.04,
+    model: a key of MODELS (Qwen2-VL 2b/7b, Qwen2.5-VL qwen2_5_vl-3b/-7b, Qwen3-VL
+    qwen3_vl-2b/-4b/-8b).
+    16 prompts per step (8 GPUs x 1 x 2 accumulation), G = 8 for 2B and 4 for 7B (Qwen2.5-VL: 8
+    for 3B, 4 for 7B; Qwen3-VL: 8 for 2B/4B, 4 for 8B, by the same memory reasoning), beta 0.04,
     lr 1e-6 linear decay, no warmup, AdamW (0.9, 0.999, 1e-8), grad clip 1.0, bf16 mixed precision
     (DeepSpeed bf16: float32 master weights and optimizer state, bf16 compute), temperature 1.0,
     256 new tokens, max_pixels 401408, seed 42, save every 100 steps; evaluation near-greedy with
     1024 new tokens as the reference's inference scripts.
     """
-    if model not in ("2b", "7b"):
-        raise ValueError(f"model={model!r}: expected 2b or 7b")
-    c.model_init = f"checkpoints/Qwen2-VL-{model.upper()}-Instruct"  # local HF folder
-    c.model.preset = model
+    if model not in MODELS:
+        raise ValueError(f"model={model!r}: expected one of {', '.join(MODELS)}")
+    c.model.preset, c.model_init = MODELS[model]  # model_init: a local HF folder
     c.model.master_dtype = "float32"
     c.model.compute_dtype = "bfloat16"
     c.input.batch_size = 16
     c.input.prompt_template = "raw"  # examples carry the reference's full problem text
     c.input.max_pixels = 401408
     c.input.min_pixels = 3136
-    c.grpo.G = 8 if model == "2b" else 4
+    c.grpo.G = 4 if model.endswith(("7b", "8b")) else 8
     c.grpo.beta = 0.04
     c.grpo.mu = 1
     c.optim.lr = 1e-6

@@ -11,7 +11,7 @@ and is not computed here.
 Expected (paper v1, mIoU_test %): 2B baseline 26.9 / SFT 28.3 / Visual-RFT 37.6; 7B 40.4 / 39.1 /
 43.9.
 
-Command (arg: model=2b|7b, runlocal):
+Command (arg: model=2b|7b|qwen2_5_vl-3b|qwen2_5_vl-7b, runlocal):
   python -m vrft_jax.main --config configs/lisa.py --workdir /tmp/lisa \
     --config.data.path=data/reason_seg/ReasonSeg/train \
     --config.data.eval_path=data/reason_seg/ReasonSeg/test

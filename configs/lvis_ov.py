@@ -7,7 +7,7 @@ stepladder, sugar_bowl. So this config trains like coco_ov (or, with `total_step
 
 Expected (paper v1, mAP %): 2B baseline 2.7 / SFT 7.6 / Visual-RFT 20.7; 7B 15.7 / 24.0 / 30.4.
 
-Command (evaluate a coco_ov checkpoint; arg: model=2b|7b, runlocal):
+Command (evaluate a coco_ov checkpoint; arg: model=2b|7b|qwen2_5_vl-3b|qwen2_5_vl-7b, runlocal):
   python -m vrft_jax.main --config configs/lvis_ov.py --workdir /tmp/lvis_ov \
     --config.total_steps=0 --config.resume=/tmp/coco_ov/checkpoints \
     --config.data.path=data/coco/annotations/instances_train2017.json \

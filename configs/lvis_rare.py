@@ -12,7 +12,7 @@ LVIS val images come from COCO train2017 and val2017: image_root holds both fold
 
 Expected (paper v1, mAP %): 2B baseline 4.0 / SFT 10.0 / Visual-RFT 19.4; 7B 15.4 / 27.6 / 33.8.
 
-Command (arg: shots=10, model=2b|7b, runlocal):
+Command (arg: shots=10, model=2b|7b|qwen2_5_vl-3b|qwen2_5_vl-7b, runlocal):
   python -m vrft_jax.main --config configs/lvis_rare.py --workdir /tmp/lvis6 \
     --config.data.path=data/lvis/lvis_v1_train.json --config.data.image_root=data/coco \
     --config.data.eval_path=data/lvis/lvis_v1_val.json

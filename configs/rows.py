@@ -10,7 +10,8 @@ Expected: the paper setting the rows come from, e.g. ViRFT_COCO_8_cate_4_shot ->
 (evaluate with configs/coco_fewshot.py, `total_steps=0`, `resume=` this run): 2B Visual-RFT
 40.6 mAP; ViRFT_CLS_flower_4_shot -> 4-shot flowers (configs/cls_fewshot.py:dataset=flowers).
 
-Command (arg: task=detection|classification|grounding, steps=200, model=2b|7b, runlocal):
+Command (arg: task=detection|classification|grounding, steps=200,
+  model=2b|7b|qwen2_5_vl-3b|qwen2_5_vl-7b, runlocal):
   python -m vrft_jax.main --config configs/rows.py:task=detection --workdir /tmp/rows \
     --config.data.path=data/ViRFT_COCO_8_cate_4_shot/data
 """

@@ -10,7 +10,7 @@ from vrft_jax.data import make_source
 from vrft_jax.evals import make_evaluators
 
 PAPER_CONFIGS = {
-    "coco_fewshot": ["", "shots=16,model=7b", "runlocal"],
+    "coco_fewshot": ["", "shots=16,model=7b", "model=qwen2_5_vl-7b", "runlocal"],
     "lvis_rare": ["", "runlocal"],
     "coco_ov": ["", "eval=base", "runlocal"],
     "lvis_ov": ["", "runlocal"],
@@ -20,7 +20,7 @@ PAPER_CONFIGS = {
         "dataset=cars",
         "dataset=aircraft,runlocal",
     ],  # fmt: skip
-    "lisa": ["", "runlocal"],
+    "lisa": ["", "model=qwen2_5_vl-3b", "model=qwen3_vl-8b", "runlocal"],
     "rows": ["", "task=classification,runlocal"],
 }
 
@@ -47,11 +47,20 @@ def test_paper_config_fields_and_settings(name, arg):
     assert _leaves(config) == _leaves(base.get_config())  # nothing misspelled or new
     assert config.optim.lr == 1e-6 and config.grpo.beta == 0.04
     assert config.input.prompt_template == "raw"
-    assert config.grpo.G == (2 if "runlocal" in arg else 4 if "7b" in arg else 8)
+    big = "7b" in arg or "8b" in arg  # G 4 for the 7B / 8B models, 8 for the smaller ones
+    assert config.grpo.G == (2 if "runlocal" in arg else 4 if big else 8)
     assert config.runlocal == ("runlocal" in arg)
     assert "Expected" in importlib.import_module(f"configs.{name}").__doc__
     if "runlocal" in arg:
         assert config.model.preset == "tiny" and config.total_steps <= 2
+    if "qwen2_5_vl" in arg:  # the Qwen2.5-VL preset and hub folder name
+        size = arg.partition("qwen2_5_vl-")[2][:2]
+        assert config.model.preset == f"qwen2_5_vl-{size}"
+        assert config.model_init.endswith(f"Qwen2.5-VL-{size.upper()}-Instruct")
+    if "qwen3_vl" in arg:  # the Qwen3-VL preset and hub folder name
+        size = arg.partition("qwen3_vl-")[2][:2]
+        assert config.model.preset == f"qwen3_vl-{size}"
+        assert config.model_init.endswith(f"Qwen3-VL-{size.upper()}-Instruct")
 
 
 def test_config_arguments_are_checked():

@@ -21,15 +21,17 @@ from vrft_jax.tools import export_hf as export_lib
 TOL = 1e-5  # max |diff| / max |logits| in float32
 
 
-def _save_run(workdir, steps=(1, 2)):
+def _save_run(workdir, steps=(1, 2), preset="tiny"):
     """A hand-made workdir in the trainer's layout (config.json + checkpoints/<step>/{state,
-    extra}), for the error tests; parameters rescaled to O(1), different at each step."""
+    extra}) of a run of model.preset=`preset`; parameters rescaled to O(1), different at each
+    step."""
     config = base.get_config()
+    config.model.preset = preset
     os.makedirs(workdir, exist_ok=True)
     config_utils.write_config_json(config, str(workdir))
     ckpt = Checkpointer(workdir, every=1, keep=5, async_save=False)
     for step in steps:
-        model = tiny_hf.rescale_params_(random_qwen2_vl("tiny"), seed=step)
+        model = tiny_hf.rescale_params_(random_qwen2_vl(preset), seed=step)
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         state = {
             "params": params,
@@ -91,6 +93,29 @@ def test_export_loads_in_transformers_with_the_same_logits(trained_dir, tmp_path
     # No near-greedy defaults (top_k=1, top_p=0.001, temperature=0.01) to inherit.
     assert gen.do_sample and gen.top_k == 0 and gen.top_p == 1.0 and gen.temperature == 1.0
     assert model.config.eos_token_id in gen.eos_token_id
+
+
+def test_export_qwen2_5_vl_run(tmp_path):
+    """A Qwen2.5-VL run (model.preset) exports to a folder transformers' Qwen2.5-VL class loads with
+    the same logits, and hf.load_model reads back (processor files included)."""
+    torch = pytest.importorskip("torch")
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vrft_jax import hf
+
+    run = _save_run(tmp_path / "run", steps=(1,), preset="qwen2_5_vl-tiny")
+    out = export_lib.export_hf(run, tmp_path / "hf")
+    model, _, _ = export_lib.restore_model(run)
+    assert json.load(open(os.path.join(out, "config.json")))["model_type"] == "qwen2_5_vl"
+    torch_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+    ids, mask, pixels, grid = _inputs()
+    ref = tiny_hf.hf_logits(torch_model.eval(), ids, mask, pixels, grid)
+    ours = np.asarray(model(ids, mask, pixels, grid))
+    keep = mask > 0
+    err = float(np.abs(ours[keep] - ref[keep]).max() / np.abs(ref[keep]).max())
+    print(f"exported qwen2.5-vl logits rel err {err:.2e}")
+    assert err <= TOL
+    assert hf.load_model(out).config == model.config
 
 
 def test_export_chosen_step_and_bfloat16(trained_dir, tmp_path):

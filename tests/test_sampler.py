@@ -1,5 +1,7 @@
 """The rollout sampler on a tiny Qwen2-VL: transformers' greedy generate, cache decode vs the full
-forward, teacher-forced log-probs, independent stops, no recompiles inside the buckets.
+forward, teacher-forced log-probs, independent stops, no recompiles inside the buckets. The first
+two also run on a tiny Qwen2.5-VL (window attention: 56 px windows, so the test images hold
+several windows, partial ones included).
 
 Every test shares one Sampler (the one `generate` builds for the model's buckets) so the prefill and
 decode programs compile once per shape.
@@ -35,6 +37,20 @@ def models(tmp_path_factory):
     return hf.load_qwen2_vl(path, **BUCKETS), torch_model
 
 
+@pytest.fixture(scope="module")
+def models_2_5(tmp_path_factory):
+    """(our model, torch model) of the tiny Qwen2.5-VL family with identical weights."""
+    pytest.importorskip("torch")
+    path = str(tmp_path_factory.mktemp("tiny_hf_2_5"))
+    torch_model = tiny_hf.make_tiny_hf(path, seed=5, family="qwen2_5_vl", window_size=56)
+    return hf.load_model(path, **BUCKETS), torch_model
+
+
+@pytest.fixture(params=["qwen2_vl", "qwen2_5_vl"])
+def family_models(request):
+    return request.getfixturevalue("models" if request.param == "qwen2_vl" else "models_2_5")
+
+
 def _batch(seed, grids, text):
     """Left-padded image prompts and their packed images; also each prompt's own images."""
     rng = np.random.default_rng(seed)
@@ -50,8 +66,8 @@ def _sampler(model):
     return sampler.get_sampler(nnx.graphdef(model), model.config, batch_buckets=(4,), **BUCKETS)
 
 
-def test_greedy_equals_transformers_generate(models):
-    model, torch_model = models
+def test_greedy_equals_transformers_generate(family_models):
+    model, torch_model = family_models
     if torch_model is None:
         pytest.skip("torch not installed")
     import torch
@@ -95,10 +111,10 @@ def test_greedy_equals_transformers_generate(models):
         assert m.tolist() == [True] * n + [False] * (steps - n)
 
 
-def test_cache_decode_and_logprobs_match_full_forward(models):
+def test_cache_decode_and_logprobs_match_full_forward(family_models):
     """Step-by-step decode (the while_loop's body) gives the full forward's logits at every step;
     the returned log-probs equal the teacher-forced log-probs of the full forward."""
-    model, _ = models
+    model, _ = family_models
     s = _sampler(model)
     graphdef, params = nnx.split(model)
     ids, mask, pv, grid, per_prompt = _batch(1, GRIDS, [(3, 4), (2, 2), (5, 1)])

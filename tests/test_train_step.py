@@ -67,16 +67,22 @@ def make_batch(seed=0):
     }
 
 
-def model_params():
-    model = random_qwen2_vl(get_preset("tiny", vocab_size=512, **IDS), seed=1)
+# Per family: the tiny preset (Qwen2.5-VL with 28 px windows, one merged token each, so the 4x4
+# and 2x4 test images hold several windows).
+FAMILY_PRESETS = {"qwen2_vl": ("tiny", {}), "qwen2_5_vl": ("qwen2_5_vl-tiny", {"window_size": 28})}
+
+
+def model_params(family="qwen2_vl"):
+    preset, overrides = FAMILY_PRESETS[family]
+    model = random_qwen2_vl(get_preset(preset, vocab_size=512, **IDS, **overrides), seed=1)
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, params
 
 
-def build(mesh_config, config):
+def build(mesh_config, config, family="qwen2_vl"):
     devices = jax.devices() if mesh_config else jax.devices()[:1]
     mesh = sharding.make_mesh(mesh_config or (("data", 1),), devices)
-    graphdef, params = model_params()
+    graphdef, params = model_params(family)
     tx, schedule = optim.make_optimizer(config.optim, 10, params)
     state, shardings = steps.make_train_state(params, tx, mesh, ())
     return mesh, state, steps.TrainSteps(graphdef, config, tx, schedule, shardings)
@@ -123,6 +129,30 @@ def test_sharded_step_matches_one_device(name, one_device):
         lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6),
         state["params"],
         want_state["params"],
+    )
+
+
+@pytest.mark.parametrize("kind", ["grpo", "sft"])
+def test_qwen2_5_vl_step_sharded_matches_one_device(kind):
+    """The Qwen2.5-VL family (window attention in the vision tower) through the same GRPO and SFT
+    steps: fsdp x tensor over 8 devices equals one device."""
+    batch = make_batch()
+    if kind == "sft":
+        batch = {k: batch[k] for k in (*steps.PROMPT_KEYS, "completion_ids", "completion_mask")}
+    results = []
+    for mesh_config in (None, MESHES["fsdp4_tensor2"]):
+        mesh, state, fns = build(mesh_config, make_config(), family="qwen2_5_vl")
+        update = fns.update_sft if kind == "sft" else fns.update_grpo
+        before = jax.device_get(state["params"])
+        state, metrics = update(state, steps.place_batch(batch, mesh))
+        results.append((before, jax.device_get(state["params"]), steps.host_metrics(metrics)))
+    (before, want_params, want), (_, params, got) = results
+    gate = lambda p: p["visual"]["blocks"]["gate_kernel"]  # noqa: E731
+    assert np.abs(gate(want_params) - gate(before)).max() > 0  # the step reaches the window blocks
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-4)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6), params, want_params
     )
 
 

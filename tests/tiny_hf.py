@@ -1,6 +1,8 @@
-"""Tiny random Qwen2-VL models for tests: transformers (torch) references and O(1) rescaling.
+"""Tiny random Qwen-VL models for tests: transformers (torch) references and O(1) rescaling.
 
-`make_tiny_hf(path)` builds a `Qwen2VLForConditionalGeneration` with the real tokenizer's special
+`make_tiny_hf(path)` builds a `Qwen2VLForConditionalGeneration` (family="qwen2_5_vl": a
+`Qwen2_5_VLForConditionalGeneration`, the shape of our "qwen2_5_vl-tiny" preset) with the real
+tokenizer's special
 ids and vocabulary size, tiny widths, weights rescaled so activations and logits are O(1) (the
 default 0.02 init makes everything tiny and parity checks meaningless), saves it with
 `save_pretrained(path)` and returns it. `hf_logits` runs it on the processor's arrays;
@@ -29,29 +31,33 @@ TINY = dict(
 )
 
 
+def _text_config(t) -> dict:
+    return dict(
+        vocab_size=t["vocab_size"],
+        hidden_size=t["hidden_size"],
+        intermediate_size=t["intermediate_size"],
+        num_hidden_layers=t["num_hidden_layers"],
+        num_attention_heads=t["num_attention_heads"],
+        num_key_value_heads=t["num_key_value_heads"],
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1e6,
+            "mrope_section": list(t["mrope_section"]),
+        },
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=PAD,
+    )
+
+
 def tiny_hf_config(tie: bool = True, **overrides):
     from transformers import Qwen2VLConfig
 
     t = dict(TINY, **overrides)
     return Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=t["vocab_size"],
-            hidden_size=t["hidden_size"],
-            intermediate_size=t["intermediate_size"],
-            num_hidden_layers=t["num_hidden_layers"],
-            num_attention_heads=t["num_attention_heads"],
-            num_key_value_heads=t["num_key_value_heads"],
-            rms_norm_eps=1e-6,
-            max_position_embeddings=32768,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 1e6,
-                "mrope_section": list(t["mrope_section"]),
-            },
-            bos_token_id=151643,
-            eos_token_id=151645,
-            pad_token_id=PAD,
-        ),
+        text_config=_text_config(t),
         vision_config=dict(
             depth=t["vision_depth"],
             embed_dim=t["vision_embed_dim"],
@@ -64,6 +70,44 @@ def tiny_hf_config(tie: bool = True, **overrides):
             in_channels=3,
             hidden_act="quick_gelu",
         ),
+        image_token_id=IMAGE,
+        video_token_id=151656,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=tie,
+    )
+
+
+# Qwen2.5-VL: the same decoder; an RMSNorm/SwiGLU vision tower with 84 px windows (3x3 merged
+# tokens) and full attention in block 1 of 3 (the "qwen2_5_vl-tiny" preset).
+TINY_2_5_VISION = dict(
+    depth=3,
+    hidden_size=32,
+    intermediate_size=48,
+    num_heads=4,
+    window_size=84,
+    fullatt_block_indexes=[1],
+)
+
+
+def tiny_hf_config_2_5(tie: bool = True, **vision_overrides):
+    """transformers' Qwen2_5_VLConfig (nested layout) of the tiny Qwen2.5-VL."""
+    from transformers import Qwen2_5_VLConfig
+
+    vision = dict(
+        TINY_2_5_VISION,
+        out_hidden_size=TINY["hidden_size"],
+        hidden_act="silu",
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_channels=3,
+        tokens_per_second=2,
+        **vision_overrides,
+    )
+    return Qwen2_5_VLConfig(
+        text_config=_text_config(TINY),
+        vision_config=vision,
         image_token_id=IMAGE,
         video_token_id=151656,
         vision_start_token_id=VISION_START,
@@ -94,13 +138,18 @@ def rescale_(model, seed: int = 0):
     return model
 
 
-def make_tiny_hf(path=None, *, tie: bool = True, seed: int = 0, **overrides):
-    """A rescaled tiny torch Qwen2-VL (eval mode, fp32); saved to `path` with save_pretrained."""
+def make_tiny_hf(path=None, *, tie: bool = True, seed: int = 0, family="qwen2_vl", **overrides):
+    """A rescaled tiny torch Qwen2-VL or Qwen2.5-VL (family; eval mode, fp32); saved to `path`
+    with save_pretrained."""
     import torch
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(tiny_hf_config(tie, **overrides)).eval()
+    if family == "qwen2_5_vl":
+        config = tiny_hf_config_2_5(tie, **overrides)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    else:
+        model = Qwen2VLForConditionalGeneration(tiny_hf_config(tie, **overrides)).eval()
     rescale_(model, seed)
     if path is not None:
         model.save_pretrained(path)

@@ -84,6 +84,19 @@ def resolve_tokenizer_dir(config) -> str:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def model_type(config) -> str:
+    """The model family the run trains: config.json's model_type of `config.model_init` when it
+    has one, else the preset's."""
+    folder = os.path.expanduser(config.model_init or "")
+    if folder and os.path.isfile(os.path.join(folder, "config.json")):
+        from vrft_jax import hf
+
+        return hf.read_config(folder).model_type
+    from vrft_jax.models import get_preset
+
+    return get_preset(config.model.preset).model_type
+
+
 def check_json_files(folder: str) -> None:
     """Parses every *.json file directly in `folder` (a tokenizer or model folder); ValueError
     naming the file, line and column of the first one that is not valid JSON."""

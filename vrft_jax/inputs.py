@@ -29,7 +29,24 @@ import transformers
 
 from vrft_jax import box_frames, prompts
 
-PATCH_DIM = 1176  # 3 channels * temporal patch 2 * 14 * 14
+PATCH_DIM = 1176  # 3 channels * temporal patch 2 * 14 * 14 (Qwen2-VL; Qwen3-VL: 16 px, 1536)
+
+# The image processor each model family was trained with, where no model folder gives one: the
+# Qwen2VLImageProcessor class defaults (Qwen2-VL, Qwen2.5-VL), and for Qwen3-VL the settings of
+# the published Qwen/Qwen3-VL-*-Instruct preprocessor_config.json (the same class, 16-px patches,
+# mean and std 0.5).
+IMAGE_PROCESSOR_SETTINGS = {
+    "qwen2_vl": dict(patch_size=14, temporal_patch_size=2, merge_size=2),
+    "qwen2_5_vl": dict(patch_size=14, temporal_patch_size=2, merge_size=2),
+    "qwen3_vl": dict(
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    ),
+}
+SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "assets", "qwen2_vl_tokenizer")
 
 
 class BadImageError(OSError):
@@ -123,12 +140,31 @@ def _smart_resize(height, width, **kwargs):
     return smart_resize(height, width, **kwargs)
 
 
-def load_image_processor(folder: str, *, min_pixels: int, max_pixels: int):
-    """The Qwen2-VL image processor that runs on numpy/PIL only (no torch, no torchvision).
+def processor_file(folder: str, model_type: str) -> str | None:
+    """The preprocessor_config.json the image processor of `model_type` is read from, or None when
+    the family's IMAGE_PROCESSOR_SETTINGS are used: no such file, or the shipped Qwen2-VL tokenizer
+    folder (no model folder given) for another family."""
+    file = os.path.join(folder, "preprocessor_config.json")
+    shipped = os.path.realpath(folder) == os.path.realpath(SHIPPED_DIR)
+    if not os.path.isfile(file) or (shipped and model_type != "qwen2_vl"):
+        return None
+    return file
+
+
+def load_image_processor(
+    folder: str, *, min_pixels: int, max_pixels: int, model_type: str = "qwen2_vl"
+):
+    """The Qwen-VL image processor that runs on numpy/PIL only (no torch, no torchvision).
 
     transformers 5 calls it `Qwen2VLImageProcessorPil`; in transformers 4 the plain
-    `Qwen2VLImageProcessor` was the numpy one.
+    `Qwen2VLImageProcessor` was the numpy one. Every family uses this class; `model_type` says
+    which patch geometry the model needs: a folder's preprocessor_config.json must match it
+    (ValueError naming the file and key), and without one (or with the shipped Qwen2-VL tokenizer
+    folder for another family) the family's IMAGE_PROCESSOR_SETTINGS are used.
     """
+    if model_type not in IMAGE_PROCESSOR_SETTINGS:
+        raise ValueError(f"no image processor settings for model_type {model_type!r}")
+    settings = IMAGE_PROCESSOR_SETTINGS[model_type]
     try:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil as processor_cls,
@@ -136,10 +172,18 @@ def load_image_processor(folder: str, *, min_pixels: int, max_pixels: int):
     except ImportError:  # transformers 4.x
         processor_cls = transformers.Qwen2VLImageProcessor
     kwargs = dict(min_pixels=min_pixels, max_pixels=max_pixels)
-    if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+    file = processor_file(folder, model_type)
+    if file is not None:
         processor = processor_cls.from_pretrained(folder, **kwargs)
+        for key in ("patch_size", "temporal_patch_size", "merge_size"):
+            got = getattr(processor, key, None)
+            if got != settings[key]:
+                raise ValueError(
+                    f"{file}: {key} is {got}, but the {model_type} model takes {settings[key]} "
+                    "(an image processor of another model family?)"
+                )
     else:
-        processor = processor_cls(**kwargs)  # the Qwen2-VL defaults are the class defaults
+        processor = processor_cls(**settings, **kwargs)
     size = getattr(processor, "size", {}) or {}
     got = (size.get("shortest_edge", getattr(processor, "min_pixels", None)),)
     got += (size.get("longest_edge", getattr(processor, "max_pixels", None)),)
@@ -159,6 +203,7 @@ class PromptProcessor:
         max_pixels: int,
         max_prompt_length: int | None = None,
         box_frame: str = box_frames.RELATIVE,
+        model_type: str = "qwen2_vl",
     ):
         if not os.path.isdir(tokenizer_dir):
             raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist")
@@ -166,28 +211,32 @@ class PromptProcessor:
         if self.tokenizer.chat_template is None:
             raise ValueError(f"tokenizer in {tokenizer_dir} has no chat template")
         self.image_processor = load_image_processor(
-            tokenizer_dir, min_pixels=min_pixels, max_pixels=max_pixels
+            tokenizer_dir, min_pixels=min_pixels, max_pixels=max_pixels, model_type=model_type
         )
         self.merge_size = int(self.image_processor.merge_size)
         self.patch_size = int(self.image_processor.patch_size)
         self.box_frame = box_frames.check_frame(box_frame, "box_frame")  # the model's
+        p = self.image_processor
+        self.patch_dim = 3 * int(p.temporal_patch_size) * int(p.patch_size) ** 2  # 1176 / 1536
         self.special = SpecialTokens.from_tokenizer(self.tokenizer)
         self.max_prompt_length = max_prompt_length
 
     @classmethod
     def from_config(cls, config, model_config=None) -> "PromptProcessor":
-        """From `config.tokenizer` / `config.model_init` and `config.input`; the box frame from
-        `config.model.box_frame` and, for "auto", the family of `model_config` (None: Qwen2-VL)."""
-        from vrft_jax.config_utils import resolve_tokenizer_dir
+        """From `config.tokenizer` / `config.model_init` and `config.input`; the family from
+        `model_config` (None: model_init's config.json, else the preset), and the box frame from
+        `config.model.box_frame` ("auto": the family's)."""
+        from vrft_jax.config_utils import model_type, resolve_tokenizer_dir
+
+        family = model_type(config) if model_config is None else box_frames.model_type(model_config)
 
         return cls(
             resolve_tokenizer_dir(config),
             min_pixels=config.input.min_pixels,
             max_pixels=config.input.max_pixels,
             max_prompt_length=config.input.max_prompt_length,
-            box_frame=box_frames.resolve(
-                config.model.box_frame, box_frames.model_type(model_config)
-            ),
+            box_frame=box_frames.resolve(config.model.box_frame, family),
+            model_type=family,
         )
 
     # ---- Image sizes as the model sees them ----------------------------------------------------
@@ -295,7 +344,7 @@ class PromptProcessor:
         pixel_values = (
             np.concatenate(all_patches, axis=0).astype(np.float32)
             if all_patches
-            else np.zeros((0, PATCH_DIM), np.float32)
+            else np.zeros((0, self.patch_dim), np.float32)
         )
         image_grid_thw = np.asarray(all_grids, np.int32).reshape(-1, 3)
         return dict(

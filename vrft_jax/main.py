@@ -110,12 +110,23 @@ def load_flag_config():
 
 def check_model_files(config) -> None:
     """Reads config.model_init's config.json and the tokenizer folder's JSON files now, so a broken
-    file is named in the first seconds (ValueError naming the file, line and field)."""
-    if config.model_init:
-        from vrft_jax import hf
+    file is named in the first seconds (ValueError naming the file, line and field), and checks
+    that the tokenizer folder's image processor cuts the patches the model embeds."""
+    from vrft_jax import hf
+    from vrft_jax.models import get_preset
 
-        hf.read_config(os.path.expanduser(config.model_init))
-    config_utils.check_json_files(config_utils.resolve_tokenizer_dir(config))
+    if config.model_init:
+        model_config = hf.read_config(os.path.expanduser(config.model_init))
+    else:
+        model_config = get_preset(config.model.preset)
+    tokenizer_dir = config_utils.resolve_tokenizer_dir(config)
+    config_utils.check_json_files(tokenizer_dir)
+    from vrft_jax.inputs import processor_file
+
+    # Without a model folder a Qwen3-VL run takes its family's processor settings, not the
+    # shipped Qwen2-VL files (inputs.load_image_processor): only a file that is read is checked.
+    if processor_file(tokenizer_dir, model_config.model_type):
+        hf.check_processor_config(tokenizer_dir, model_config)
 
 
 @contextlib.contextmanager

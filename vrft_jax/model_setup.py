@@ -48,7 +48,7 @@ def build_model(config):
         patch_buckets=tuple(config.input.patch_buckets),
     )
     if config.model_init:  # also the shape source for checkpoints of a HF-initialised run
-        model = hf.load_qwen2_vl(
+        model = hf.load_model(
             config.model_init, dtype=m.master_dtype, compute_dtype=m.compute_dtype, **kwargs
         )
         model.config = model.config.replace(

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vrft_jax import grpo
+from vrft_jax.models.qwen2_vl import deepstack_slots, merge_image_features
 from vrft_jax.models.rope import get_rope_index
 
 
@@ -99,8 +100,11 @@ def rows_logprobs(
     if image_embeds is not None:
         is_image = jnp.take(layout["is_image"], rows, axis=0)
         feats = jnp.take(image_embeds.astype(x.dtype), layout["feature"][rows], axis=0)
-        prompt_x = jnp.where(is_image[..., None], feats, x[:, :P])
-        x = jnp.concatenate([prompt_x, x[:, P:]], axis=1)
+        prompt_x = merge_image_features(x[:, :P], is_image, feats)
+        rest = x[:, P:]
+        if prompt_x.ndim > rest.ndim:  # Qwen3-VL DeepStack slots (zero on the completion)
+            rest = deepstack_slots(rest, prompt_x.shape[2] - 1)
+        x = jnp.concatenate([prompt_x, rest], axis=1)
     prompt_pos = jnp.take(layout["positions"], rows, axis=1)  # [3, M, P]
     completion_pos = layout["next_position"][rows][:, None] + jnp.arange(C, dtype=jnp.int32)
     completion_pos = jnp.broadcast_to(completion_pos[None], (3, M, C))

@@ -1,8 +1,15 @@
-"""Qwen2-VL in Flax NNX."""
+"""Qwen-VL models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL dense) in Flax NNX."""
 
-from vrft_jax.models.config import PRESETS, Qwen2VLConfig, get_preset
+from vrft_jax.models.config import (
+    PRESETS,
+    SUPPORTED_MODEL_TYPES,
+    Qwen2VLConfig,
+    QwenVLConfig,
+    get_preset,
+)
 from vrft_jax.models.qwen2_vl import (
     Qwen2VL,
+    QwenVL,
     compile_count,
     count_params,
     init_cache,
@@ -12,8 +19,11 @@ from vrft_jax.models.rope import get_rope_index
 
 __all__ = [
     "PRESETS",
+    "SUPPORTED_MODEL_TYPES",
     "Qwen2VL",
     "Qwen2VLConfig",
+    "QwenVL",
+    "QwenVLConfig",
     "compile_count",
     "count_params",
     "get_preset",

@@ -1,8 +1,13 @@
-"""Qwen2-VL configuration: one frozen dataclass, HF config.json in and out, and size presets.
+"""Qwen-VL configuration: one frozen dataclass for every model family, HF config.json in and out,
+and size presets.
 
-`from_hf` accepts the flat hub layout (4.x: text fields at top level, `rope_scaling` + `rope_theta`)
-and the nested transformers-5 layout (`text_config`, `vision_config`, `rope_parameters`). `to_hf`
-writes the flat hub layout, which both transformers 4.x and 5.x load.
+The family is `model_type` (config.json's key): "qwen2_vl", "qwen2_5_vl" or "qwen3_vl" (dense; its
+config.json reader/writer in config_qwen3.py, nested layout). It decides the parts the
+model builds (models/qwen2_vl.py FAMILY_PARTS), the checkpoint key table (hf.py) and how config.json
+is read and written (`_HF_READERS` / `_HF_WRITERS` below); fields a family does not use keep their
+defaults. `from_hf` accepts the flat hub layout (4.x: text fields at top level, `rope_scaling` +
+`rope_theta`) and the nested transformers-5 layout (`text_config`, `vision_config`,
+`rope_parameters`). `to_hf` writes the flat hub layout, which both transformers 4.x and 5.x load.
 """
 
 import dataclasses
@@ -10,9 +15,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from vrft_jax.models.config_qwen3 import MOE_TYPES, read_qwen3_vl, write_qwen3_vl
+
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2VLConfig:
+class QwenVLConfig:
+    # ---- Family ----
+    model_type: str = "qwen2_vl"  # one of SUPPORTED_MODEL_TYPES
     # ---- Language model ----
     vocab_size: int = 151936
     hidden_size: int = 1536  # E
@@ -39,6 +48,18 @@ class Qwen2VLConfig:
     spatial_merge_size: int = 2
     in_channels: int = 3
     vision_rope_theta: float = 10000.0
+    vision_hidden_act: str = "quick_gelu"  # Qwen2-VL: quick_gelu MLP; Qwen2.5-VL: silu SwiGLU
+    vision_intermediate_size: int = 0  # MLP width; 0: vision_embed_dim * vision_mlp_ratio
+    # Qwen2.5-VL window attention: windows of window_size pixels per side, except in the blocks
+    # listed in fullatt_block_indexes (0 / (): every block attends over the whole image).
+    window_size: int = 0
+    fullatt_block_indexes: tuple[int, ...] = ()
+    tokens_per_second: int = 4  # Qwen2.5-VL video time scale (carried for config.json only)
+    # ---- Qwen3-VL (model_type "qwen3_vl") ----
+    explicit_head_dim: int = 0  # config.json's head_dim (Qwen3); 0: hidden_size / heads
+    mrope_interleaved: bool = False  # t/h/w rotary frequencies alternate instead of sections
+    num_position_embeddings: int = 0  # learned vision position grid (side^2); 0: none
+    deepstack_visual_indexes: tuple[int, ...] = ()  # vision blocks whose output feeds DeepStack
     # ---- Token ids (the real Qwen2-VL tokenizer's) ----
     image_token_id: int = 151655
     video_token_id: int = 151656
@@ -63,33 +84,56 @@ class Qwen2VLConfig:
     scan_layers: bool = True
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError("Qwen2VLConfig: hidden_size must be a multiple of num_attention_heads")
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"QwenVLConfig.model_type {self.model_type!r} is not supported; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        if self.hidden_size % self.num_attention_heads and not self.explicit_head_dim:
+            raise ValueError("QwenVLConfig: hidden_size must be a multiple of num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("Qwen2VLConfig: num_attention_heads must be a multiple of kv heads")
+            raise ValueError("QwenVLConfig: num_attention_heads must be a multiple of kv heads")
         if sum(self.mrope_section) * 2 != self.head_dim:
             raise ValueError(
-                f"Qwen2VLConfig: mrope_section {self.mrope_section} must sum to head_dim/2 = "
+                f"QwenVLConfig: mrope_section {self.mrope_section} must sum to head_dim/2 = "
                 f"{self.head_dim // 2}"
             )
         if self.vision_embed_dim % self.vision_num_heads:
             raise ValueError(
-                "Qwen2VLConfig: vision_embed_dim must be a multiple of vision_num_heads"
+                "QwenVLConfig: vision_embed_dim must be a multiple of vision_num_heads"
+            )
+        if self.window_size and self.window_size < self.patch_size * self.spatial_merge_size:
+            raise ValueError(
+                f"QwenVLConfig: window_size {self.window_size} px is smaller than one merged "
+                f"token ({self.patch_size * self.spatial_merge_size} px)"
+            )
+        bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.vision_depth]
+        if bad:
+            raise ValueError(
+                f"QwenVLConfig: fullatt_block_indexes {bad} outside the {self.vision_depth} "
+                "vision blocks"
             )
         if self.attention not in ("xla", "cudnn", "auto"):
-            raise ValueError(
-                f"Qwen2VLConfig.attention must be xla/cudnn/auto, got {self.attention}"
-            )
+            raise ValueError(f"QwenVLConfig.attention must be xla/cudnn/auto, got {self.attention}")
         for name in ("remat", "vision_remat"):
             if getattr(self, name) not in ("none", "full", "dots"):
                 raise ValueError(
-                    f"Qwen2VLConfig.{name} must be none/full/dots, got {getattr(self, name)}"
+                    f"QwenVLConfig.{name} must be none/full/dots, got {getattr(self, name)}"
                 )
 
     # ---- Derived sizes ----
     @property
     def head_dim(self) -> int:  # D
-        return self.hidden_size // self.num_attention_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_qwen3(self) -> bool:
+        """Qwen3 decoder layers (q/k RMSNorm, no q/k/v bias) and DeepStack (Qwen3-VL)."""
+        return self.model_type == "qwen3_vl"
+
+    @property
+    def num_deepstack(self) -> int:  # Ld: decoder layers that receive DeepStack features
+        return len(self.deepstack_visual_indexes)
 
     @property
     def vision_head_dim(self) -> int:
@@ -97,7 +141,7 @@ class Qwen2VLConfig:
 
     @property
     def vision_mlp_dim(self) -> int:
-        return self.vision_embed_dim * self.vision_mlp_ratio
+        return self.vision_intermediate_size or self.vision_embed_dim * self.vision_mlp_ratio
 
     @property
     def patch_dim(self) -> int:  # 1176 = 3 * 2 * 14 * 14
@@ -115,132 +159,258 @@ class Qwen2VLConfig:
     def jnp_compute_dtype(self):
         return jnp.dtype(self.compute_dtype)
 
-    def replace(self, **kw) -> "Qwen2VLConfig":
+    def replace(self, **kw) -> "QwenVLConfig":
         return dataclasses.replace(self, **kw)
 
     # ---- HF config.json ----
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], **overrides) -> "Qwen2VLConfig":
-        """Builds a config from a Qwen2-VL config.json dict (flat 4.x or nested 5.x layout)."""
+    def from_hf(cls, hf: dict[str, Any], **overrides) -> "QwenVLConfig":
+        """A config from a config.json dict (flat 4.x or nested 5.x layout) of a supported family;
+        keys the file leaves out take the defaults of transformers' configuration class."""
         model_type = hf.get("model_type")
-        if model_type != "qwen2_vl":
+        if model_type in MOE_TYPES:
             raise ValueError(
-                f"config.json: model_type is {model_type!r}, expected 'qwen2_vl' (only Qwen2-VL "
-                "checkpoints are supported; Qwen2.5-VL and Qwen3-VL are not)"
+                f"config.json: model_type {model_type!r} (Qwen3-VL MoE: 30B-A3B, 235B-A22B) is not "
+                "supported; only the dense Qwen3-VL models (model_type 'qwen3_vl') are"
             )
-        text = dict(hf)
-        text.update(hf.get("text_config") or {})
-        vision = hf.get("vision_config") or {}
-        rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-        rope_kind = rope.get("rope_type", rope.get("type", "default"))
-        if "mrope_section" not in rope or rope_kind not in ("mrope", "default"):
+        if model_type not in _HF_READERS:
             raise ValueError(
-                f"config.json: unsupported rope settings {rope!r}; Qwen2-VL needs an M-RoPE "
-                "'mrope_section' with rope type 'mrope'/'default'"
+                f"config.json: model_type {model_type!r} is not supported; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        theta = rope.get("rope_theta", text.get("rope_theta", 1_000_000.0))
-        if text.get("use_sliding_window", False):
-            raise ValueError("config.json: use_sliding_window=true is not supported")
-        if vision.get("hidden_act", "quick_gelu") != "quick_gelu":
-            raise ValueError(f"config.json: vision hidden_act {vision['hidden_act']!r} unsupported")
-        if text.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"config.json: hidden_act {text['hidden_act']!r} unsupported")
-        tie = hf.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
-        eos = text.get("eos_token_id", 151645)
-        eos = eos[0] if isinstance(eos, list) else eos
-        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
-        missing = [k for k in required if k not in text]
-        if missing:
-            raise ValueError(f"config.json: missing text fields {missing}")
-        kw = dict(
-            vocab_size=text["vocab_size"],
-            hidden_size=text["hidden_size"],
-            intermediate_size=text["intermediate_size"],
-            num_hidden_layers=text["num_hidden_layers"],
-            num_attention_heads=text["num_attention_heads"],
-            num_key_value_heads=text.get("num_key_value_heads", text["num_attention_heads"]),
-            rms_norm_eps=text.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta),
-            mrope_section=tuple(int(s) for s in rope["mrope_section"]),
-            max_position_embeddings=text.get("max_position_embeddings", 32768),
-            tie_word_embeddings=bool(tie),
-            vision_depth=vision.get("depth", vision.get("num_hidden_layers", 32)),
-            vision_embed_dim=vision.get("embed_dim", 1280),
-            vision_num_heads=vision.get("num_heads", vision.get("num_attention_heads", 16)),
-            vision_mlp_ratio=int(vision.get("mlp_ratio", 4)),
-            patch_size=vision.get("patch_size", 14),
-            temporal_patch_size=vision.get("temporal_patch_size", 2),
-            spatial_merge_size=vision.get("spatial_merge_size", 2),
-            in_channels=vision.get("in_channels", 3),
-            image_token_id=hf.get("image_token_id", 151655),
-            video_token_id=hf.get("video_token_id", 151656),
-            vision_start_token_id=hf.get("vision_start_token_id", 151652),
-            vision_end_token_id=hf.get("vision_end_token_id", 151653),
-            vision_token_id=hf.get("vision_token_id", 151654),
-            bos_token_id=text.get("bos_token_id", 151643) or 151643,
-            eos_token_id=eos,
-            pad_token_id=text.get("pad_token_id", 151643) or 151643,
-        )
-        vision_out = vision.get("hidden_size", kw["hidden_size"])
-        if vision_out != kw["hidden_size"]:
-            raise ValueError(
-                f"config.json: vision_config.hidden_size {vision_out} != hidden_size "
-                f"{kw['hidden_size']} (the merger must output the LLM width)"
-            )
+        kw = _HF_READERS[model_type](hf)
         kw.update(overrides)
-        return cls(**kw)
+        return cls(model_type=model_type, **kw)
 
     def to_hf(self) -> dict[str, Any]:
         """The flat hub config.json layout (loads in transformers 4.x and 5.x)."""
-        return {
-            "architectures": ["Qwen2VLForConditionalGeneration"],
-            "model_type": "qwen2_vl",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
+        return _HF_WRITERS[self.model_type](self)
+
+
+Qwen2VLConfig = QwenVLConfig  # the name before the families (kept for callers)
+
+
+# ---- config.json readers: hub dict -> QwenVLConfig fields ---------------------------------------
+
+
+def _text_fields(hf: dict, *, rms_norm_eps: float, tie: bool, mrope_section) -> dict:
+    """The decoder fields (shared by the families); the keyword arguments are the family's class
+    defaults for keys a file may leave out (mrope_section None: the key is required)."""
+    text = dict(hf)
+    text.update(hf.get("text_config") or {})
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    rope_kind = rope.get("rope_type", rope.get("type", "default"))
+    section = rope.get("mrope_section", mrope_section)
+    if section is None or rope_kind not in ("mrope", "default"):
+        raise ValueError(
+            f"config.json: unsupported rope settings {rope!r}; Qwen-VL needs an M-RoPE "
+            "'mrope_section' with rope type 'mrope'/'default'"
+        )
+    theta = rope.get("rope_theta", text.get("rope_theta", 1_000_000.0))
+    if text.get("use_sliding_window", False):
+        raise ValueError("config.json: use_sliding_window=true is not supported")
+    if text.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json: hidden_act {text['hidden_act']!r} unsupported")
+    tie = hf.get("tie_word_embeddings", text.get("tie_word_embeddings", tie))
+    eos = text.get("eos_token_id", 151645)
+    eos = eos[0] if isinstance(eos, list) else eos
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+    missing = [k for k in required if k not in text]
+    if missing:
+        raise ValueError(f"config.json: missing text fields {missing}")
+    return dict(
+        vocab_size=text["vocab_size"],
+        hidden_size=text["hidden_size"],
+        intermediate_size=text["intermediate_size"],
+        num_hidden_layers=text["num_hidden_layers"],
+        num_attention_heads=text["num_attention_heads"],
+        num_key_value_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
+        rms_norm_eps=text.get("rms_norm_eps", rms_norm_eps),
+        rope_theta=float(theta),
+        mrope_section=tuple(int(s) for s in section),
+        max_position_embeddings=text.get("max_position_embeddings", 32768),
+        tie_word_embeddings=bool(tie),
+        image_token_id=hf.get("image_token_id", 151655),
+        video_token_id=hf.get("video_token_id", 151656),
+        vision_start_token_id=hf.get("vision_start_token_id", 151652),
+        vision_end_token_id=hf.get("vision_end_token_id", 151653),
+        vision_token_id=hf.get("vision_token_id", 151654),
+        bos_token_id=text.get("bos_token_id", 151643) or 151643,
+        eos_token_id=eos,
+        pad_token_id=text.get("pad_token_id", 151643) or 151643,
+    )
+
+
+def _check_merger_width(out: int, key: str, hidden: int) -> None:
+    if out != hidden:
+        raise ValueError(
+            f"config.json: vision_config.{key} {out} != hidden_size {hidden} (the merger must "
+            "output the LLM width)"
+        )
+
+
+def _read_qwen2_vl(hf: dict) -> dict:
+    kw = _text_fields(hf, rms_norm_eps=1e-6, tie=True, mrope_section=None)
+    vision = hf.get("vision_config") or {}
+    if vision.get("hidden_act", "quick_gelu") != "quick_gelu":
+        raise ValueError(f"config.json: vision hidden_act {vision['hidden_act']!r} unsupported")
+    hidden = kw["hidden_size"]
+    _check_merger_width(vision.get("hidden_size", hidden), "hidden_size", hidden)
+    return dict(
+        kw,
+        vision_depth=vision.get("depth", vision.get("num_hidden_layers", 32)),
+        vision_embed_dim=vision.get("embed_dim", 1280),
+        vision_num_heads=vision.get("num_heads", vision.get("num_attention_heads", 16)),
+        vision_mlp_ratio=int(vision.get("mlp_ratio", 4)),
+        patch_size=vision.get("patch_size", 14),
+        temporal_patch_size=vision.get("temporal_patch_size", 2),
+        spatial_merge_size=vision.get("spatial_merge_size", 2),
+        in_channels=vision.get("in_channels", 3),
+    )
+
+
+def _read_qwen2_5_vl(hf: dict) -> dict:
+    # Defaults: transformers' Qwen2_5_VLTextConfig / Qwen2_5_VLVisionConfig / Qwen2_5_VLConfig
+    # fields (text rms_norm_eps 1e-5, untied head, vision width 3584, ...); mrope_section as
+    # Qwen2_5_VLRotaryEmbedding falls back to. Hub files set most of these themselves.
+    kw = _text_fields(hf, rms_norm_eps=1e-5, tie=False, mrope_section=(16, 24, 24))
+    vision = hf.get("vision_config") or {}
+    if vision.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json: vision hidden_act {vision['hidden_act']!r} unsupported")
+    _check_merger_width(vision.get("out_hidden_size", 3584), "out_hidden_size", kw["hidden_size"])
+    rope = vision.get("rope_parameters") or {}
+    return dict(
+        kw,
+        vision_depth=vision.get("depth", vision.get("num_hidden_layers", 32)),
+        vision_embed_dim=vision.get("hidden_size", 3584),
+        vision_num_heads=vision.get("num_heads", vision.get("num_attention_heads", 16)),
+        vision_intermediate_size=vision.get("intermediate_size", 3420),
+        vision_hidden_act="silu",
+        vision_rope_theta=float(rope.get("rope_theta", 10000.0)),
+        patch_size=vision.get("patch_size", 14),
+        temporal_patch_size=vision.get("temporal_patch_size", 2),
+        spatial_merge_size=vision.get("spatial_merge_size", 2),
+        in_channels=vision.get("in_channels", 3),
+        window_size=vision.get("window_size", 112),
+        fullatt_block_indexes=tuple(
+            int(i) for i in vision.get("fullatt_block_indexes", (7, 15, 23, 31))
+        ),
+        tokens_per_second=vision.get("tokens_per_second", 4),
+    )
+
+
+# ---- config.json writers: QwenVLConfig -> flat hub dict -----------------------------------------
+
+
+def _text_hf(c: QwenVLConfig) -> dict:
+    return {
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "hidden_act": "silu",
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": {"type": "mrope", "mrope_section": list(c.mrope_section)},
+        "max_position_embeddings": c.max_position_embeddings,
+        "sliding_window": c.max_position_embeddings,
+        "use_sliding_window": False,
+        "max_window_layers": c.num_hidden_layers,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "use_cache": True,
+        "torch_dtype": c.param_dtype,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "pad_token_id": c.pad_token_id,
+        "image_token_id": c.image_token_id,
+        "video_token_id": c.video_token_id,
+        "vision_start_token_id": c.vision_start_token_id,
+        "vision_end_token_id": c.vision_end_token_id,
+        "vision_token_id": c.vision_token_id,
+    }
+
+
+def _write_qwen2_vl(c: QwenVLConfig) -> dict:
+    return {
+        "architectures": ["Qwen2VLForConditionalGeneration"],
+        "model_type": "qwen2_vl",
+        **_text_hf(c),
+        "vision_config": {
+            "depth": c.vision_depth,
+            "embed_dim": c.vision_embed_dim,
+            "num_heads": c.vision_num_heads,
+            "mlp_ratio": c.vision_mlp_ratio,
+            "hidden_size": c.hidden_size,
+            "hidden_act": "quick_gelu",
+            "in_chans": c.in_channels,
+            "in_channels": c.in_channels,
+            "patch_size": c.patch_size,
+            "spatial_merge_size": c.spatial_merge_size,
+            "temporal_patch_size": c.temporal_patch_size,
+        },
+    }
+
+
+def _write_qwen2_5_vl(c: QwenVLConfig) -> dict:
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        **_text_hf(c),
+        "vision_config": {
+            "depth": c.vision_depth,
+            "hidden_size": c.vision_embed_dim,
+            "intermediate_size": c.vision_mlp_dim,
+            "num_heads": c.vision_num_heads,
             "hidden_act": "silu",
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "rope_scaling": {"type": "mrope", "mrope_section": list(self.mrope_section)},
-            "max_position_embeddings": self.max_position_embeddings,
-            "sliding_window": self.max_position_embeddings,
-            "use_sliding_window": False,
-            "max_window_layers": self.num_hidden_layers,
-            "attention_dropout": 0.0,
-            "initializer_range": 0.02,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "use_cache": True,
-            "torch_dtype": self.param_dtype,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "image_token_id": self.image_token_id,
-            "video_token_id": self.video_token_id,
-            "vision_start_token_id": self.vision_start_token_id,
-            "vision_end_token_id": self.vision_end_token_id,
-            "vision_token_id": self.vision_token_id,
-            "vision_config": {
-                "depth": self.vision_depth,
-                "embed_dim": self.vision_embed_dim,
-                "num_heads": self.vision_num_heads,
-                "mlp_ratio": self.vision_mlp_ratio,
-                "hidden_size": self.hidden_size,
-                "hidden_act": "quick_gelu",
-                "in_chans": self.in_channels,
-                "in_channels": self.in_channels,
-                "patch_size": self.patch_size,
-                "spatial_merge_size": self.spatial_merge_size,
-                "temporal_patch_size": self.temporal_patch_size,
-            },
-        }
+            "out_hidden_size": c.hidden_size,
+            "in_chans": c.in_channels,
+            "in_channels": c.in_channels,
+            "patch_size": c.patch_size,
+            "spatial_merge_size": c.spatial_merge_size,
+            "temporal_patch_size": c.temporal_patch_size,
+            "window_size": c.window_size,
+            "fullatt_block_indexes": list(c.fullatt_block_indexes),
+            "tokens_per_second": c.tokens_per_second,
+            "rope_parameters": {"rope_type": "axial", "rope_theta": c.vision_rope_theta},
+        },
+    }
+
+
+_HF_READERS = {
+    "qwen2_vl": _read_qwen2_vl,
+    "qwen2_5_vl": _read_qwen2_5_vl,
+    "qwen3_vl": read_qwen3_vl,
+}
+_HF_WRITERS = {
+    "qwen2_vl": _write_qwen2_vl,
+    "qwen2_5_vl": _write_qwen2_5_vl,
+    "qwen3_vl": write_qwen3_vl,
+}
+SUPPORTED_MODEL_TYPES = tuple(_HF_READERS)
+
+
+def _qwen2_5_vl(**kw) -> QwenVLConfig:
+    """A Qwen2.5-VL config: the hub files' vision tower and text settings, then `kw`."""
+    base = dict(
+        model_type="qwen2_5_vl",
+        vision_embed_dim=1280,
+        vision_intermediate_size=3420,
+        vision_hidden_act="silu",
+        window_size=112,
+        fullatt_block_indexes=(7, 15, 23, 31),
+        tokens_per_second=2,
+        max_position_embeddings=128000,
+    )
+    return QwenVLConfig(**{**base, **kw})
 
 
 PRESETS = {
     # Tests and demos: real tokenizer ids and vocabulary, tiny widths, tied head.
-    "tiny": Qwen2VLConfig(
+    "tiny": QwenVLConfig(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -252,8 +422,8 @@ PRESETS = {
         vision_embed_dim=32,
         vision_num_heads=4,
     ),
-    "2b": Qwen2VLConfig(),
-    "7b": Qwen2VLConfig(
+    "2b": QwenVLConfig(),
+    "7b": QwenVLConfig(
         vocab_size=152064,
         hidden_size=3584,
         intermediate_size=18944,
@@ -261,10 +431,124 @@ PRESETS = {
         num_key_value_heads=4,
         tie_word_embeddings=False,
     ),
+    # Qwen2.5-VL tiny: 84 px windows (3x3 merged tokens: partial windows at most image edges),
+    # full attention in block 1 of 3.
+    "qwen2_5_vl-tiny": _qwen2_5_vl(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mrope_section=(2, 3, 3),
+        tie_word_embeddings=True,
+        vision_depth=3,
+        vision_embed_dim=32,
+        vision_num_heads=4,
+        vision_intermediate_size=48,
+        window_size=84,
+        fullatt_block_indexes=(1,),
+    ),
+    "qwen2_5_vl-3b": _qwen2_5_vl(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "qwen2_5_vl-7b": _qwen2_5_vl(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+    ),
 }
 
 
-def get_preset(name: str, **overrides) -> Qwen2VLConfig:
+def _qwen3_vl(**sizes) -> QwenVLConfig:
+    """A Qwen3-VL config: what every published dense model shares, plus its sizes."""
+    shared = dict(
+        model_type="qwen3_vl",
+        rope_theta=5_000_000.0,
+        mrope_section=(24, 20, 20),
+        mrope_interleaved=True,
+        max_position_embeddings=262144,
+        patch_size=16,
+        vision_num_heads=16,
+        num_position_embeddings=2304,
+    )
+    return QwenVLConfig(**{**shared, **sizes})
+
+
+# Sizes from the published config.json files of Qwen/Qwen3-VL-{2B,4B,8B}-Instruct on the Hugging
+# Face Hub (text_config / vision_config; the Thinking variants share them).
+_QWEN3_VL_SMALL_VISION = dict(
+    vision_depth=24,
+    vision_embed_dim=1024,
+    vision_intermediate_size=4096,
+    deepstack_visual_indexes=(5, 11, 17),
+)
+PRESETS.update(
+    {
+        # Tests and demos: real tokenizer ids and vocabulary, tiny widths; head_dim 32 != 64/4 and
+        # DeepStack after the first and a middle of 3 vision blocks, as the tests' tiny models.
+        "qwen3_vl-tiny": _qwen3_vl(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            explicit_head_dim=32,
+            mrope_section=(6, 5, 5),
+            tie_word_embeddings=True,
+            vision_depth=3,
+            vision_embed_dim=32,
+            vision_intermediate_size=48,
+            vision_num_heads=4,
+            num_position_embeddings=36,
+            deepstack_visual_indexes=(0, 1),
+        ),
+        "qwen3_vl-2b": _qwen3_vl(
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            explicit_head_dim=128,
+            tie_word_embeddings=True,
+            **_QWEN3_VL_SMALL_VISION,
+        ),
+        "qwen3_vl-4b": _qwen3_vl(
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            explicit_head_dim=128,
+            tie_word_embeddings=True,
+            **_QWEN3_VL_SMALL_VISION,
+        ),
+        "qwen3_vl-8b": _qwen3_vl(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            explicit_head_dim=128,
+            tie_word_embeddings=False,
+            vision_depth=27,
+            vision_embed_dim=1152,
+            vision_intermediate_size=4304,
+            deepstack_visual_indexes=(8, 16, 24),
+        ),
+    }
+)
+
+
+def get_preset(name: str, **overrides) -> QwenVLConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown Qwen2-VL preset {name!r}; choose from {sorted(PRESETS)}")
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)

@@ -1,4 +1,9 @@
-"""Qwen2 decoder with M-RoPE: RMSNorm, GQA with q/k/v bias, SwiGLU, scanned layers, KV cache.
+"""Qwen2 / Qwen3 decoder with M-RoPE: RMSNorm, GQA, SwiGLU, scanned layers, KV cache.
+
+Qwen2 (Qwen2-VL) has q/k/v biases; Qwen3 (Qwen3-VL, `config.is_qwen3`) has none, normalises each
+head of q and k with its own RMSNorm before the rotary, and receives DeepStack features: the
+decoder input may carry them as x [B, T, 1 + Ld, E] (slot 0 the token embeddings, slot 1 + i the
+features added to the hidden states after layer i; zeros at non-image tokens).
 
 The cache is a plain pytree {"k": [L, B, Tmax, K, D], "v": [L, B, Tmax, K, D]}. A call writes its T
 new keys/values at columns cache_index .. cache_index+T-1 (the same columns for every row, since
@@ -13,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vrft_jax.models import rope
-from vrft_jax.models.config import Qwen2VLConfig
+from vrft_jax.models.config import QwenVLConfig
 from vrft_jax.models.layers import (
     attention,
     cached_attention,
@@ -38,12 +43,20 @@ LAYER_PARAMS = (
     "up_kernel",
     "down_kernel",
 )
+QWEN3_LAYER_PARAMS = tuple(n for n in LAYER_PARAMS if not n.endswith("_bias")) + (
+    "q_norm",
+    "k_norm",
+)
+
+
+def layer_param_names(config: QwenVLConfig):
+    return QWEN3_LAYER_PARAMS if config.is_qwen3 else LAYER_PARAMS
 
 
 class DecoderLayers(nnx.Module):
     """`num_hidden_layers` decoder layers stored with a leading `layers` axis."""
 
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         c, dt = config, config.jnp_param_dtype
         n, e, h, k, d, m = (
             c.num_hidden_layers,
@@ -56,11 +69,15 @@ class DecoderLayers(nnx.Module):
         L, E, D = "layers", "embed", "head_dim"
         self.input_norm = param(None, (n, e), (L, "norm"), dt, "ones")
         self.q_kernel = param(rngs.params(), (n, e, h, d), (L, E, "heads", D), dt)
-        self.q_bias = param(None, (n, h, d), (L, "heads", D), dt, "zeros")
         self.k_kernel = param(rngs.params(), (n, e, k, d), (L, E, "kv_heads", D), dt)
-        self.k_bias = param(None, (n, k, d), (L, "kv_heads", D), dt, "zeros")
         self.v_kernel = param(rngs.params(), (n, e, k, d), (L, E, "kv_heads", D), dt)
-        self.v_bias = param(None, (n, k, d), (L, "kv_heads", D), dt, "zeros")
+        if c.is_qwen3:  # per-head RMSNorm weights of q and k, no biases
+            self.q_norm = param(None, (n, d), (L, "norm"), dt, "ones")
+            self.k_norm = param(None, (n, d), (L, "norm"), dt, "ones")
+        else:
+            self.q_bias = param(None, (n, h, d), (L, "heads", D), dt, "zeros")
+            self.k_bias = param(None, (n, k, d), (L, "kv_heads", D), dt, "zeros")
+            self.v_bias = param(None, (n, k, d), (L, "kv_heads", D), dt, "zeros")
         self.o_kernel = param(rngs.params(), (n, h, d, e), (L, "heads", D, E), dt)
         self.post_norm = param(None, (n, e), (L, "norm"), dt, "ones")
         self.gate_kernel = param(rngs.params(), (n, e, m), (L, E, "mlp"), dt)
@@ -74,14 +91,19 @@ def decoder_layer(x, p, cos, sin, mask, eps, implementation, cache_kv=None, cach
     index: k/v are the stacked [L, B, Tmax, K, D]; layer None: this layer's [B, K, Tmax, D]."""
     dt = x.dtype
     h = rms_norm(x, p["input_norm"], eps)
+
+    def proj(name):  # [B, T, heads, D], plus the bias when the family has one (Qwen2)
+        y = jnp.einsum("bte,ehd->bthd", h, p[f"{name}_kernel"].astype(dt))
+        return y + p[f"{name}_bias"].astype(dt) if f"{name}_bias" in p else y
+
     if "qkv_kernel" in p:  # split_layers' fused projection: one matmul for q, k and v
-        qkv = jnp.einsum("bte,ehd->bthd", h, p["qkv_kernel"].astype(dt)) + p["qkv_bias"].astype(dt)
+        qkv = proj("qkv")
         nh = p["o_kernel"].shape[0]
         q, k, v = jnp.split(qkv, [nh, nh + (qkv.shape[2] - nh) // 2], axis=2)
     else:
-        q = jnp.einsum("bte,ehd->bthd", h, p["q_kernel"].astype(dt)) + p["q_bias"].astype(dt)
-        k = jnp.einsum("bte,ehd->bthd", h, p["k_kernel"].astype(dt)) + p["k_bias"].astype(dt)
-        v = jnp.einsum("bte,ehd->bthd", h, p["v_kernel"].astype(dt)) + p["v_bias"].astype(dt)
+        q, k, v = proj("q"), proj("k"), proj("v")
+    if "q_norm" in p:  # Qwen3: RMSNorm over each head's features, before the rotary
+        q, k = rms_norm(q, p["q_norm"], eps), rms_norm(k, p["k_norm"], eps)
     q = rope.apply_rotary(q, cos[:, :, None], sin[:, :, None])
     k = rope.apply_rotary(k, cos[:, :, None], sin[:, :, None])
     if cache_kv is not None:
@@ -130,7 +152,7 @@ def decoder_layer(x, p, cos, sin, mask, eps, implementation, cache_kv=None, cach
 class Decoder(nnx.Module):
     """Token embedding, decoder layers, final norm and (untied) LM head."""
 
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         c, dt = config, config.jnp_param_dtype
         self.config = config
         self.embed_tokens = param(
@@ -153,20 +175,21 @@ class Decoder(nnx.Module):
         backends whose matmuls cannot read a slice in place: CPU, GPU where no fusion absorbs
         it), in 4 matmuls per layer instead of 7 (fewer kernel launches per decode step).
         """
-        params = values(self.layers, LAYER_PARAMS)
+        params = values(self.layers, layer_param_names(self.config))
         layers = []
         for i in range(self.config.num_hidden_layers):
             p = {k: v[i] for k, v in params.items()}
             qkv = [p.pop(f"{n}_kernel") for n in "qkv"]
-            bias = [p.pop(f"{n}_bias") for n in "qkv"]
             p["qkv_kernel"] = jnp.concatenate(qkv, axis=1)
-            p["qkv_bias"] = jnp.concatenate(bias, axis=0)
+            if "q_bias" in p:
+                p["qkv_bias"] = jnp.concatenate([p.pop(f"{n}_bias") for n in "qkv"], axis=0)
             p["gate_up_kernel"] = jnp.stack([p.pop("gate_kernel"), p.pop("up_kernel")], axis=1)
             layers.append(p)
         return tuple(layers)
 
     def __call__(self, x, positions, kv_mask=None, cache=None, cache_index=0, layers=None):
-        """x [B, T, E], positions int [3, B, T], kv_mask bool [B, Tk] -> (normed hidden, cache).
+        """x [B, T, E] (or [B, T, 1 + Ld, E] with DeepStack features, see the module docstring),
+        positions int [3, B, T], kv_mask bool [B, Tk] -> (normed hidden [B, T, E], cache).
 
         cache: None, the stacked {"k", "v"} [L, B, Tmax, K, D], or per-layer {"k", "v"}: tuples of
         L arrays [B, K, Tmax, D] (returned in the same form). layers: `split_layers()`'s result, to
@@ -175,8 +198,13 @@ class Decoder(nnx.Module):
         c = self.config
         dt = c.jnp_compute_dtype
         x = x.astype(dt)
+        deep = None  # DeepStack features [Ld, B, T, E], added after layers 0 .. Ld-1
+        if x.ndim == 4:
+            x, deep = x[:, :, 0], jnp.moveaxis(x[:, :, 1:], 2, 0)
         bsz, seq = x.shape[:2]
-        cos, sin = rope.mrope_cos_sin(positions, c.head_dim, c.rope_theta, c.mrope_section, dt)
+        cos, sin = rope.mrope_cos_sin(
+            positions, c.head_dim, c.rope_theta, c.mrope_section, dt, c.mrope_interleaved
+        )
         per_layer = cache is not None and isinstance(cache["k"], (tuple, list))
         if cache is None:
             tk = seq
@@ -191,14 +219,26 @@ class Decoder(nnx.Module):
         mask = causal[None, None] & kv_mask.astype(bool)[:, None, None, :]
         args = (cos, sin, mask, c.rms_norm_eps, c.attention)
 
-        def body(x, p):
-            return decoder_layer(x, p, *args)[0], None
+        def add_deepstack(x, layer):
+            # One scan over all layers: layer (traced) reads its features by index; the layers
+            # past the DeepStack ones keep x (slicing the stacked weights into two scans would
+            # copy them).
+            if deep is None:
+                return x
+            feats = jax.lax.dynamic_index_in_dim(
+                deep, jnp.minimum(layer, deep.shape[0] - 1), keepdims=False
+            )
+            return jnp.where(layer < deep.shape[0], x + feats, x)
+
+        def body(x, xs):
+            p, layer = xs
+            return add_deepstack(decoder_layer(x, p, *args)[0], layer), None
 
         def cached_body(carry, xs):
             x, ck, cv = carry
             p, layer = xs
             x, (ck, cv) = decoder_layer(x, p, *args, (ck, cv, layer), cache_index)
-            return (x, ck, cv), None
+            return (add_deepstack(x, layer), ck, cv), None
 
         new_cache = None
         if layers is not None or per_layer:
@@ -212,14 +252,17 @@ class Decoder(nnx.Module):
                     kv = (ks[i], vs[i], None)
                     x, (ks[i], vs[i]) = decoder_layer(x, p, *args, kv, cache_index)
                 else:
-                    x, _ = body(x, p)
+                    x = decoder_layer(x, p, *args)[0]
+                if deep is not None and i < deep.shape[0]:
+                    x = x + deep[i]
             if per_layer:
                 new_cache = {"k": tuple(ks), "v": tuple(vs)}
         elif cache is None:
-            params = values(self.layers, LAYER_PARAMS)
-            x, _ = scan_layers(body, x, params, scan=c.scan_layers, remat=c.remat)
+            params = values(self.layers, layer_param_names(c))
+            layer_ids = jnp.arange(c.num_hidden_layers)
+            x, _ = scan_layers(body, x, (params, layer_ids), scan=c.scan_layers, remat=c.remat)
         else:
-            params = values(self.layers, LAYER_PARAMS)
+            params = values(self.layers, layer_param_names(c))
             layer_ids = jnp.arange(c.num_hidden_layers)
             carry = (x, cache["k"], cache["v"])
             carry, _ = scan_layers(

@@ -1,4 +1,8 @@
-"""The Qwen2-VL model: vision tower + image-feature scatter + M-RoPE decoder + LM head.
+"""The Qwen-VL model: vision tower + image-feature scatter + M-RoPE decoder + LM head.
+
+One class for every family: `config.model_type` picks the vision tower and the decoder
+(FAMILY_PARTS), so the sampler, policy, trainer and checkpoints call the same methods whatever the
+family.
 
 Two levels of API:
 - jittable pieces on padded arrays: `encode_images`, `embed`, `decode`, `lm_logits`, `forward` (what
@@ -14,18 +18,39 @@ import numpy as np
 from flax import nnx
 
 from vrft_jax import buckets
-from vrft_jax.models.config import Qwen2VLConfig, get_preset
+from vrft_jax.models.config import QwenVLConfig, get_preset
 from vrft_jax.models.llm import Decoder
+from vrft_jax.models.qwen3_vision import Qwen3VisionTower
 from vrft_jax.models.rope import get_rope_index
 from vrft_jax.models.vision import VisionTower
+from vrft_jax.models.vision_qwen2_5 import WindowVisionTower
 
 TRACE_NAME = "qwen2_vl.forward"
 
+# model_type -> (vision tower class, decoder class), each built as cls(config, rngs).
+FAMILY_PARTS = {
+    "qwen2_vl": (VisionTower, Decoder),
+    "qwen2_5_vl": (WindowVisionTower, Decoder),  # the same decoder as Qwen2-VL
+    # Qwen3 decoder layers (config.is_qwen3) and DeepStack features: see llm.py, qwen3_vision.py
+    "qwen3_vl": (Qwen3VisionTower, Decoder),
+}
+
+
+def family_parts(config: QwenVLConfig):
+    if config.model_type not in FAMILY_PARTS:
+        raise ValueError(
+            f"model_type {config.model_type!r} has no model implementation; implemented: "
+            f"{', '.join(FAMILY_PARTS)}"
+        )
+    return FAMILY_PARTS[config.model_type]
+
 
 class Qwen2VL(nnx.Module):
+    """Any supported Qwen-VL family (the name predates the others; `QwenVL` is the same class)."""
+
     def __init__(
         self,
-        config: Qwen2VLConfig,
+        config: QwenVLConfig,
         *,
         rngs: nnx.Rngs,
         prompt_buckets=buckets.DEFAULT_PROMPT_BUCKETS,
@@ -33,8 +58,9 @@ class Qwen2VL(nnx.Module):
         image_buckets=buckets.DEFAULT_IMAGE_BUCKETS,
     ):
         self.config = config
-        self.visual = VisionTower(config, rngs)
-        self.language_model = Decoder(config, rngs)
+        tower, decoder = family_parts(config)
+        self.visual = tower(config, rngs)
+        self.language_model = decoder(config, rngs)
         self.prompt_buckets = tuple(prompt_buckets)
         self.patch_buckets = tuple(patch_buckets)
         self.image_buckets = tuple(image_buckets)
@@ -48,7 +74,8 @@ class Qwen2VL(nnx.Module):
 
     def embed(self, input_ids, image_embeds=None):
         """Token embeddings [B, T, E]; the k-th <|image_pad|> (flat row-major) gets
-        image_embeds[k]."""
+        image_embeds[k]. Qwen3-VL's image_embeds [F, 1 + Ld, E] carry DeepStack features: the
+        result is then [B, T, 1 + Ld, E] (see merge_image_features), which `decode` takes."""
         dt = self.config.jnp_compute_dtype
         x = jnp.take(self.language_model.embed_tokens[...], input_ids, axis=0).astype(dt)
         if image_embeds is None:
@@ -56,7 +83,7 @@ class Qwen2VL(nnx.Module):
         is_img = input_ids == self.config.image_token_id
         k = jnp.cumsum(is_img.reshape(-1)).reshape(is_img.shape) - 1
         feats = jnp.take(image_embeds.astype(dt), jnp.clip(k, 0, image_embeds.shape[0] - 1), axis=0)
-        return jnp.where(is_img[..., None], feats, x)
+        return merge_image_features(x, is_img, feats)
 
     def decode(self, x, positions, kv_mask=None, cache=None, cache_index=0):
         """x [B, T, E], positions int [3, B, T], kv_mask bool [B, Tk] (Tk = T without a cache, Tmax
@@ -99,6 +126,28 @@ class Qwen2VL(nnx.Module):
         return logits[:, length - seq :]
 
 
+QwenVL = Qwen2VL
+
+
+def deepstack_slots(x, num: int):
+    """x [B, T, E] -> [B, T, 1 + num, E]: x in slot 0, zero DeepStack features after it."""
+    pad = jnp.zeros((*x.shape[:-1], num, x.shape[-1]), x.dtype)
+    return jnp.concatenate([x[..., None, :], pad], axis=-2)
+
+
+def merge_image_features(x, is_image, feats):
+    """Token embeddings x [B, T, E] with image tokens (is_image bool [B, T]) replaced by feats.
+
+    feats [B, T, E] (each token's image feature) gives [B, T, E]; Qwen3-VL's feats [B, T, 1 + Ld, E]
+    give [B, T, 1 + Ld, E]: slot 0 the merged embeddings, slots 1.. the DeepStack features the
+    decoder adds after its first Ld layers (zero at text tokens, so adding them is exact there).
+    """
+    if feats.ndim == x.ndim:
+        return jnp.where(is_image[..., None], feats, x)
+    x = deepstack_slots(x, feats.shape[-2] - 1)
+    return jnp.where(is_image[..., None, None], feats, x)
+
+
 def _forward(graphdef, state, input_ids, attention_mask, pixel_values, image_grid_thw):
     buckets.note_trace(TRACE_NAME)  # Python side effect: runs once per compile
     model = nnx.merge(graphdef, state)
@@ -113,7 +162,7 @@ def compile_count() -> int:
     return buckets.trace_count(TRACE_NAME)
 
 
-def init_cache(config: Qwen2VLConfig, batch: int, max_len: int, dtype=jnp.bfloat16) -> dict:
+def init_cache(config: QwenVLConfig, batch: int, max_len: int, dtype=jnp.bfloat16) -> dict:
     """Empty KV cache {"k", "v"}: [L, B, Tmax, K, D] each."""
     shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}

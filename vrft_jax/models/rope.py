@@ -76,15 +76,30 @@ def vision_cos_sin(hpos, wpos, head_dim: int, theta: float = 10000.0):
 # ---- Decoder M-RoPE ------------------------------------------------------------------------------
 
 
-def mrope_cos_sin(positions, head_dim: int, theta: float, mrope_section, dtype):
+def mrope_streams(mrope_section, interleaved: bool = False):
+    """int32 [D/2]: which position stream (0 t, 1 h, 2 w) drives each rotary frequency.
+
+    Qwen2-VL: contiguous chunks of mrope_section sizes. Qwen3-VL (interleaved, as transformers'
+    Qwen3VLTextRotaryEmbedding): frequency j is h when j % 3 == 1 and j < 3 * section[1], w when
+    j % 3 == 2 and j < 3 * section[2], t otherwise.
+    """
+    if not interleaved:
+        return jnp.concatenate([jnp.full((n,), i, jnp.int32) for i, n in enumerate(mrope_section)])
+    j = jnp.arange(sum(mrope_section), dtype=jnp.int32)
+    h = (j % 3 == 1) & (j < 3 * mrope_section[1])
+    w = (j % 3 == 2) & (j < 3 * mrope_section[2])
+    return jnp.where(h, 1, jnp.where(w, 2, 0)).astype(jnp.int32)
+
+
+def mrope_cos_sin(positions, head_dim: int, theta: float, mrope_section, dtype, interleaved=False):
     """cos, sin [B, T, D] in `dtype` from positions int [3, B, T] (t, h, w streams).
 
-    The D/2 frequencies are split by mrope_section into t, h and w chunks (not interleaved), then
-    the selection is duplicated for the rotate_half partner dims.
+    The D/2 frequencies are assigned to the t, h and w streams by `mrope_streams`, then the
+    selection is duplicated for the rotate_half partner dims.
     """
     inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, D/2]
-    stream = jnp.concatenate([jnp.full((n,), i, jnp.int32) for i, n in enumerate(mrope_section)])
+    stream = mrope_streams(mrope_section, interleaved)
     sel = jnp.where(stream == 0, freqs[0], jnp.where(stream == 1, freqs[1], freqs[2]))  # [B,T,D/2]
     emb = jnp.concatenate([sel, sel], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)

@@ -10,13 +10,15 @@ Both give the same merged tokens, packed in image order: output [S/4, E] (slots:
 real tokens first). The merger turns each 2x2 block of patches into one token of the LLM width.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vrft_jax.models import rope
-from vrft_jax.models.config import Qwen2VLConfig
-from vrft_jax.models.layers import attention, layer_norm, param, scan_layers, values
+from vrft_jax.models.config import QwenVLConfig
+from vrft_jax.models.layers import attention, layer_norm, param, rms_norm, scan_layers, values
 
 LN_EPS = 1e-6  # hard-coded in transformers for every vision LayerNorm
 
@@ -39,7 +41,7 @@ BLOCK_PARAMS = (
 class VisionBlocks(nnx.Module):
     """`vision_depth` pre-norm ViT blocks stored with a leading `layers` axis."""
 
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         c, dt = config, config.jnp_param_dtype
         n, e, h, d, m = (
             c.vision_depth,
@@ -63,28 +65,49 @@ class VisionBlocks(nnx.Module):
         self.fc2_bias = param(None, (n, e), (L, "norm"), dt, "zeros")
 
 
-def vision_block(x, p, cos, sin, mask, implementation):
-    """One block: x + Attn(LN1(x)); x + MLP(LN2(x)). p: this layer's parameters.
+def _norm(x, p, name):
+    """LayerNorm when the block has a `{name}_bias` (Qwen2-VL), else RMSNorm (Qwen2.5-VL)."""
+    if name + "_bias" in p:
+        return layer_norm(x, p[name + "_scale"], p[name + "_bias"], LN_EPS)
+    return rms_norm(x, p[name + "_scale"], LN_EPS)
 
-    x [F, S, VE] (F slots, or 1 packed sequence); cos/sin float32 [F, S, Dv]; mask bool
-    [F, 1, S, S].
+
+def vision_mlp(h, p, act: str):
+    """Qwen2-VL: fc2(act(fc1 h)); Qwen2.5-VL (a `gate_kernel`): down(silu(gate h) * up h), all
+    with biases. h [..., VE] -> [..., VE]."""
+    dt = h.dtype
+
+    def linear(x, name):
+        return x @ p[name + "_kernel"].astype(dt) + p[name + "_bias"].astype(dt)
+
+    if "gate_kernel" in p:
+        return linear(jax.nn.silu(linear(h, "gate")) * linear(h, "up"), "down")
+    h = linear(h, "fc1")
+    if act == "quick_gelu":
+        h = h * jax.nn.sigmoid(1.702 * h)
+    else:
+        raise ValueError(f"vision MLP activation {act!r} unsupported")
+    return linear(h, "fc2")
+
+
+def vision_block(x, p, cos, sin, attend, act="quick_gelu"):
+    """One block: x + Attn(N1(x)); x + MLP(N2(x)). p: this layer's parameters.
+
+    x [F, S, VE] (F slots, or 1 packed sequence); cos/sin float32 [F, S, Dv]; attend(q, k, v) the
+    attention over q/k/v [F, S, Hv, Dv] with this block's mask (whole frames or windows).
     """
     dt = x.dtype
-    h = layer_norm(x, p["norm1_scale"], p["norm1_bias"], LN_EPS)
+    h = _norm(x, p, "norm1")
     qkv = jnp.einsum("fse,ecnd->fscnd", h, p["qkv_kernel"].astype(dt)) + p["qkv_bias"].astype(dt)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [F, S, Hv, Dv]
     # The vision rotary runs in float32 and casts back (transformers does the same).
     cos, sin = cos[:, :, None], sin[:, :, None]
     q = rope.apply_rotary(q.astype(jnp.float32), cos, sin).astype(dt)
     k = rope.apply_rotary(k.astype(jnp.float32), cos, sin).astype(dt)
-    o = attention(q, k, v, mask, implementation)
+    o = attend(q, k, v)
     proj = jnp.einsum("fsnd,nde->fse", o, p["proj_kernel"].astype(dt))
     x = x + proj + p["proj_bias"].astype(dt)
-    h = layer_norm(x, p["norm2_scale"], p["norm2_bias"], LN_EPS)
-    h = jnp.einsum("fse,em->fsm", h, p["fc1_kernel"].astype(dt)) + p["fc1_bias"].astype(dt)
-    h = h * jax.nn.sigmoid(1.702 * h)  # QuickGELU
-    h = jnp.einsum("fsm,me->fse", h, p["fc2_kernel"].astype(dt)) + p["fc2_bias"].astype(dt)
-    return x + h
+    return x + vision_mlp(_norm(x, p, "norm2"), p, act)
 
 
 def slot_patch_layout(grid_thw, slot: int, merge: int = 2):
@@ -124,13 +147,15 @@ def pack_slot_tokens(tokens, grid_thw, merge_unit: int):
 
 
 class PatchMerger(nnx.Module):
-    """LN per patch, concat each 2x2 block feature-wise (4*VE), Linear, exact GELU, Linear to E."""
+    """Norm per patch (LayerNorm; RMSNorm for Qwen2.5-VL, norm="rms"), concat each 2x2 block
+    feature-wise (4*VE), Linear, exact GELU, Linear to E."""
 
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs, norm: str = "layer"):
         c, dt = config, config.jnp_param_dtype
         e4 = c.vision_embed_dim * c.merge_unit
         self.ln_scale = param(None, (c.vision_embed_dim,), ("norm",), dt, "ones")
-        self.ln_bias = param(None, (c.vision_embed_dim,), ("norm",), dt, "zeros")
+        if norm == "layer":
+            self.ln_bias = param(None, (c.vision_embed_dim,), ("norm",), dt, "zeros")
         self.fc1_kernel = param(rngs.params(), (e4, e4), ("vision_embed", "vision_mlp"), dt)
         self.fc1_bias = param(None, (e4,), ("vision_mlp",), dt, "zeros")
         self.fc2_kernel = param(rngs.params(), (e4, c.hidden_size), ("vision_mlp", "embed"), dt)
@@ -138,7 +163,10 @@ class PatchMerger(nnx.Module):
 
     def __call__(self, x, merge_unit: int):
         dt = x.dtype
-        x = layer_norm(x, self.ln_scale[...], self.ln_bias[...], LN_EPS)
+        if hasattr(self, "ln_bias"):
+            x = layer_norm(x, self.ln_scale[...], self.ln_bias[...], LN_EPS)
+        else:
+            x = rms_norm(x, self.ln_scale[...], LN_EPS)
         x = x.reshape(-1, merge_unit * x.shape[-1])
         x = x @ self.fc1_kernel[...].astype(dt) + self.fc1_bias[...].astype(dt)
         x = jax.nn.gelu(x, approximate=False)
@@ -146,7 +174,7 @@ class PatchMerger(nnx.Module):
 
 
 class VisionTower(nnx.Module):
-    def __init__(self, config: Qwen2VLConfig, rngs: nnx.Rngs):
+    def __init__(self, config: QwenVLConfig, rngs: nnx.Rngs):
         self.config = config
         dt = config.jnp_param_dtype
         self.patch_embed = param(
@@ -183,7 +211,8 @@ class VisionTower(nnx.Module):
         mask = (segment[:, :, None] == segment[:, None, :])[:, None]  # [F, 1, S, S]
 
         def body(x, p):
-            return vision_block(x, p, cos, sin, mask, c.attention), None
+            attend = functools.partial(attention, mask=mask, implementation=c.attention)
+            return vision_block(x, p, cos, sin, attend, c.vision_hidden_act), None
 
         x, _ = scan_layers(
             body, x, values(self.blocks, BLOCK_PARAMS), scan=c.scan_layers, remat=c.vision_remat

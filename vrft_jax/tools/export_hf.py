@@ -10,7 +10,7 @@ or, from Python, `export_hf(workdir, out, step=None) -> out`.
 Reads `DIR/config.json` (written by `vrft_jax.main`) and the parameters of the latest (or the
 chosen) step in `DIR/checkpoints` (only the parameters are read, not the optimizer state), rebuilds
 the model, and writes into OUT (a local folder; DIR may also be gs://...):
-  - config.json + model.safetensors (`hf.save_qwen2_vl`, the hub key names), which
+  - config.json + model.safetensors (`hf.save_model`, the hub key names), which
     `transformers.Qwen2VLForConditionalGeneration.from_pretrained(OUT)` loads;
   - the tokenizer / processor files of the run: `config.tokenizer`, else `config.model_init` when it
     holds them, else the Qwen2-VL files shipped with the package (`--tokenizer` overrides);
@@ -49,7 +49,7 @@ from flax import nnx
 
 from vrft_jax import config_utils, hf
 from vrft_jax.checkpoint import CHECKPOINT_SUBDIR, CheckpointError, check_tree_matches
-from vrft_jax.models.config import Qwen2VLConfig, get_preset
+from vrft_jax.models.config import SUPPORTED_MODEL_TYPES, QwenVLConfig, get_preset
 from vrft_jax.models.qwen2_vl import Qwen2VL
 
 # Tokenizer and processor files copied next to the weights (whichever the folder has).
@@ -116,15 +116,16 @@ def read_run_config(workdir):
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def model_config_for(run_config, extra: dict) -> Qwen2VLConfig:
-    """The Qwen2-VL shape of the run: checkpoint extra "model", else model_init, else the preset."""
+def model_config_for(run_config, extra: dict) -> QwenVLConfig:
+    """The model shape of the run: checkpoint extra "model", else model_init, else the preset."""
     recorded = extra.get("model")
-    if isinstance(recorded, dict) and recorded.get("model_type") == "qwen2_vl":
-        return Qwen2VLConfig.from_hf(recorded)
+    if isinstance(recorded, dict) and recorded.get("model_type") in SUPPORTED_MODEL_TYPES:
+        if "vision_config" in recorded or "text_config" in recorded:  # a config.json dict
+            return QwenVLConfig.from_hf(recorded)
     if isinstance(recorded, dict) and {"vocab_size", "hidden_size"} <= set(recorded):
-        fields = {f.name for f in dataclasses.fields(Qwen2VLConfig)}
+        fields = {f.name for f in dataclasses.fields(QwenVLConfig)}
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in fields}
-        return Qwen2VLConfig(**kw)
+        return QwenVLConfig(**kw)
     if run_config.model_init:
         return hf.read_config(os.path.expanduser(run_config.model_init))
     return get_preset(run_config.model.preset)
@@ -204,7 +205,7 @@ def export_dtype(run_config) -> str | None:
     return hf.torch_dtype(os.path.expanduser(run_config.model_init))
 
 
-def generation_config(model_config: Qwen2VLConfig, sampler=None) -> dict:
+def generation_config(model_config: QwenVLConfig, sampler=None) -> dict:
     """generation_config.json: every sampling field explicit (see the module docstring)."""
     eos = [model_config.eos_token_id]
     if model_config.pad_token_id not in eos:
@@ -274,7 +275,7 @@ def export_hf(
     tmp = _prepare_out(out, overwrite)
     try:
         model, step, _ = restore_model(workdir, step, dtype=dtype, to_device=False)
-        hf.save_qwen2_vl(model, tmp)
+        hf.save_model(model, tmp)
         for name in TOKENIZER_FILES:
             if os.path.isfile(os.path.join(token_dir, name)):
                 shutil.copy2(os.path.join(token_dir, name), os.path.join(tmp, name))
