@@ -4,12 +4,12 @@
     PYTHONPATH=. python bench/grpo_step.py --preset cpu-small   # 2 x G=4, C=32, 112 px, CPU
 
 The step is the trainer's own `vrft_jax.train.grpo_step` (make_rollout: prompt encoding, sampler,
-detokenize, rewards, advantages -> steps.place_batch -> reference log-probs -> update_grpo) with
-the trainer's config (configs/base.py + configs/common.reference_training: beta 0.04, mu 1, the
-detection rewards), B detection prompts each with one random square image, and a model of random
-weights (float32 master weights, bfloat16 compute on GPU). The real detection prompt is 416 tokens
-with a 448 px image (bucket 512; 176 with cpu-small's 112 px). Only the sampler's call is swapped
-for one that blocks between its prefill and its decode so each phase gets its
+detokenize, rewards, advantages -> steps.place_batch -> reference and policy log-probs ->
+update_grpo) with the trainer's config (configs/base.py + configs/common.reference_training: beta
+0.04, mu 1, the detection rewards), B detection prompts each with one random square image, and a
+model of random weights (float32 master weights, bfloat16 compute on GPU). The real detection prompt
+is 416 tokens with a 448 px image (bucket 512; 176 with cpu-small's 112 px). Only the sampler's call
+is swapped for one that blocks between its prefill and its decode so each phase gets its
 own time (the same Sampler programs as vrft_jax.sampler.generate_with_state).
 
 Phases (seconds): host prompt encoding (tokenizer + image processor), prefill (vision tower + LLM
@@ -72,7 +72,7 @@ ORDER = (  # phase names as timed; train.grpo_step times rollout/reward/logprobs
     ("to_host", "device->host: tokens, mask, log-probs"),
     ("reward", "rewards on the host (detokenize, score, advantages)"),
     ("to_device", "host->device: the train batch (+ Python)"),
-    ("logprobs", "reference log-probs"),
+    ("logprobs", "reference + policy log-probs"),
     ("update", "update (policy fwd+bwd, AdamW)"),
 )
 

@@ -181,6 +181,9 @@ def run_ours(model, c, host_batch, steps_timed: int):
     batch["ref_logps"] = jax.block_until_ready(fns.logprobs(ref_params, batch))
     ref_first = time.perf_counter() - t0
     ref_logp = np.asarray(batch["ref_logps"])  # the same-model check (weights in the compute dtype)
+    # The trainer's update takes its log-prob values from the same program (train.grpo_updates:
+    # one more forward per step, as long as the reference's, timed there; not here).
+    batch["policy_logps"] = jax.block_until_ready(fns.logprobs(state["params"], batch))
     t0 = time.perf_counter()
     update = fns.update_grpo.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0

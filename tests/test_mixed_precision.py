@@ -5,7 +5,7 @@ compute (configs/common.reference_training), lr 1e-6.
   setting before, kept only 2% of the updates: a 1e-6 step is below half the bf16 spacing of a
   weight near 0.02), and the bf16-compute step follows the float32-compute one;
 - at step 0 the frozen reference (model_setup.reference_params) and the policy give bit-identical
-  log-probs in the log-prob program, ratio exactly 1 and KL at float rounding in the update;
+  log-probs on the trainer's update path: KL exactly 0, ratio exactly 1;
 - the start-up warning for bf16 master weights, and the checks of the dtype fields.
 """
 
@@ -137,25 +137,20 @@ def test_bf16_master_weights_lose_the_updates():
     assert model_setup.stuck_fraction(params32, 1e-6) == 0.0
 
 
-# Step-0 KL bound. The reference's log-probs and the policy's come from bit-identical weights
-# (asserted below) but from two compiled programs: the log-prob program and the update, whose
-# forward XLA fuses and lays out differently because the backward reuses its activations, so sums
-# may be reordered. In float32 a reordered sum of E = 64 products moves by a few ulps (2^-24
-# relative): log-prob differences of order 1e-6, KL k2 = d^2 / 2 of order 1e-12. In bf16 a
-# reordering can flip the rounding of an activation by one bf16 ulp (2^-8 relative): differences
-# of order 1e-3 on some tokens, k2 of order 1e-7. The bounds below leave 100x margin on d^2; the
-# old bf16-reference default gave KL at bf16 rounding of EVERY weight, not of a few activations.
-STEP0_KL_BOUND = {"float32": 1e-10, "bfloat16": 1e-5}
-
-
 @pytest.mark.parametrize("master,compute", [("float32", "float32"), ("float32", "bfloat16")])
 def test_step0_reference_matches_the_policy(master, compute):
     """The reference is the initial weights cast to the compute dtype exactly as each step casts
-    the policy's: the reference log-probs equal the policy's log-probs (the old-policy log-probs
-    of mu > 1) bit for bit, and in the update the ratio is exactly 1 (mu = 1, the paper's) and
-    the KL at float rounding. The norm scales and biases are not bf16-exact here, so a reference
-    rounded any other way (a bf16 copy under float32 compute, as the old grpo.ref_dtype default
-    made) would differ on every token. KL estimator k2 = d^2 / 2: zero only where d = 0."""
+    the policy's, and the trainer's update path (train.grpo_updates) takes every log-prob value
+    the loss compares from one program: at step 0 the KL is exactly 0 and the ratio exactly 1
+    (mu = 1, the paper's; test_train_step checks the first of mu = 2 updates). The norm scales
+    and biases are not bf16-exact here, so a reference rounded any other way (a bf16 copy under
+    float32 compute, as the old grpo.ref_dtype default made) would differ on every token. KL
+    estimator k2 = d^2 / 2: zero only where d = 0. Before the values came from one program, the
+    update's own forward (compiled with other fusions, for the backward) gave a float32 step-0
+    KL of 1.8e-11 (log-probs up to ~30 ulps apart)."""
+    from vrft_jax import train
+    from vrft_jax.metrics import Timer
+
     config = paper_config()
     config.model.master_dtype, config.model.compute_dtype = master, compute
     config.grpo.kl_estimator = "k2"
@@ -168,15 +163,13 @@ def test_step0_reference_matches_the_policy(master, compute):
         for r, p in zip(leaves, jax.tree.leaves(state["params"]))
     )
     batch = steps.place_batch(harness.make_batch(), mesh)
-    batch["ref_logps"] = fns.logprobs(ref, batch)
-    policy_logps = fns.logprobs(state["params"], batch)
-    np.testing.assert_array_equal(np.asarray(batch["ref_logps"]), np.asarray(policy_logps))
-    state, metrics = fns.update_grpo(state, batch)
-    metrics = steps.host_metrics(metrics)
-    print(f"{master} master, {compute} compute: step-0 kl {metrics['kl']:.3e}, ratio "
+    batch.pop("ref_logps")
+    state, updates = train.grpo_updates(config, state, batch, fns, ref, Timer())
+    np.testing.assert_array_equal(np.asarray(batch["ref_logps"]), np.asarray(batch["policy_logps"]))
+    (metrics,) = updates
+    print(f"{master} master, {compute} compute: step-0 kl {metrics['kl']!r}, ratio "
           f"{metrics['ratio']!r}, clip {metrics['clip_fraction']}")  # fmt: skip
-    assert metrics["ratio"] == 1.0 and metrics["clip_fraction"] == 0.0
-    assert 0.0 <= metrics["kl"] <= STEP0_KL_BOUND[compute]
+    assert metrics["kl"] == 0.0 and metrics["ratio"] == 1.0 and metrics["clip_fraction"] == 0.0
     assert metrics["grad_norm"] > 0
 
 

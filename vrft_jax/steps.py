@@ -11,7 +11,9 @@ Batches (numpy on the host, placed by `place_batch`):
                             absent for text-only prompts)
   sequence side, split over (data, fsdp): completion_ids int32 [N, C], completion_mask [N, C]
                             and, GRPO only, advantages [N], sampler_logps [N, C], ref_logps [N, C]
-                            (when beta != 0), old_logps [N, C] (when mu > 1)
+                            (when beta != 0), old_logps [N, C] (when mu > 1), policy_logps
+                            [N, C] (the current params' log-probs from `sequence_logprobs`;
+                            optional, see grpo_loss_and_grads)
 N = B*G (SFT: G = 1). Gradient accumulation: the N sequences are cut into micro-batches of
 `micro_batch_size` (row m of micro-batch k is sequence m * num_micro + k, so each device keeps its
 own rows) and a lax.scan sums their gradients. The images are encoded ONCE per step, outside the
@@ -137,13 +139,24 @@ def graphdef_config(graphdef, params):
 
 
 def grpo_loss_and_grads(graphdef, params, batch, g):
-    """GRPO loss, token-mean metrics and gradients of one rollout batch. g = config.grpo."""
+    """GRPO loss, token-mean metrics and gradients of one rollout batch. g = config.grpo.
+
+    With batch["policy_logps"] (the same params' log-probs from the log-prob program, which also
+    gives the reference and old log-probs) the loss takes its log-prob VALUES from there and only
+    the gradient from this program's forward. XLA compiles a forward that feeds a backward with
+    other fusions and layouts than a plain forward, so the two round differently (float32: up to
+    ~30 ulps of a log-prob); taking the values from one program makes the step-0 KL exactly 0
+    and the first update's ratio exactly 1 (train.grpo_updates).
+    """
     mask = batch["completion_mask"].astype(jnp.float32)
     N, C = mask.shape
     num_tokens = mask.sum()
     use_old = "old_logps" in batch
+    use_values = "policy_logps" in batch
 
     def micro_loss(logp, ent, mb):
+        if use_values:  # value: the log-prob program's; gradient: this forward's (x - x == 0)
+            logp = jax.lax.stop_gradient(mb["policy_logps"]) + (logp - jax.lax.stop_gradient(logp))
         m = mb["completion_mask"]
         old = mb["old_logps"] if use_old else jax.lax.stop_gradient(logp)
         ref = mb.get("ref_logps")

@@ -339,20 +339,31 @@ def grpo_updates(config, state, batch, fns, ref_params, timer):
     """config.grpo.mu updates on one placed rollout batch -> (state, [host metrics per update]).
 
     The reference log-probs (beta != 0) and, when mu > 1, the old log-probs are computed first,
-    from the params that sampled the rollout: the first update has ratio 1 (up to float rounding),
-    later ones see how far the policy moved since and can clip.
+    from the params that sampled the rollout: the first update has ratio exactly 1, later ones
+    see how far the policy moved since and can clip. Whenever the loss compares log-probs (KL or
+    ratio), each update also gets its current params' log-probs from the same log-prob program
+    ("policy_logps", see steps.grpo_loss_and_grads), so equal weights give exactly equal values:
+    KL exactly 0 at step 0, ratio exactly 1 on the first update. That costs one forward per
+    update; with beta = 0 and mu = 1 the ratio is 1 by construction and nothing extra runs.
     """
+    compare = ref_params is not None or config.grpo.mu > 1
     with timer("logprobs"):
         if ref_params is not None:
             batch["ref_logps"] = fns.logprobs(ref_params, batch)
+        if compare:
+            batch["policy_logps"] = fns.logprobs(state["params"], batch)
         if config.grpo.mu > 1:
-            batch["old_logps"] = fns.logprobs(state["params"], batch)
+            batch["old_logps"] = batch["policy_logps"]  # the rollout policy's
         jax.block_until_ready(batch)
-    with timer("update"):
-        device_metrics = []
-        for _ in range(config.grpo.mu):
+    device_metrics = []
+    for k in range(config.grpo.mu):
+        if k > 0:
+            with timer("logprobs"):
+                batch["policy_logps"] = jax.block_until_ready(fns.logprobs(state["params"], batch))
+        with timer("update"):
             state, m = fns.update_grpo(state, batch)
             device_metrics.append(m)
+    with timer("update"):
         updates = [steps.host_metrics(m) for m in device_metrics]
     return state, updates
 
