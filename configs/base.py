@@ -125,6 +125,12 @@ def get_config(arg=None):
     c.grpo.dynamic_sampling = False
     c.grpo.max_sampling_tries = 8
     c.grpo.micro_batch_size = 8  # sequences per forward/backward (gradient accumulation)
+    # True: each update takes its log-prob VALUES from the log-prob program that gives the reference
+    # and old log-probs (the gradient from its own forward), so equal weights give equal values:
+    # KL exactly 0 at step 0 and the first update's ratio exactly 1. Costs one more forward per
+    # update when beta != 0 (and per later update when mu > 1). False: the update's own forward,
+    # whose fusions differ by up to ~30 float32 ulps of a log-prob (step-0 KL ~1e-11).
+    c.grpo.exact_logprob_values = True
 
     # ---- SFT baseline ---------------------------------------------------------------------------
     c.sft = ml_collections.ConfigDict()

@@ -178,3 +178,38 @@ def test_dtype_fields_are_checked():
     config.model.master_dtype = "float16"
     with pytest.raises(ValueError, match="config.model.master_dtype='float16'"):
         model_setup.build_model(config)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("beta,mu", [(0.04, 1), (0.0, 2), (0.0, 1)])
+def test_exact_logprob_values_costs_one_forward_per_update(exact, beta, mu, monkeypatch):
+    """grpo.exact_logprob_values: the extra log-prob forwards run only when asked for and only
+    when the loss compares log-probs (beta != 0 or mu > 1); old log-probs are computed either way
+    when mu > 1. Counted on stand-in programs (no compile): the plumbing, not the numerics."""
+    import types
+
+    from vrft_jax import train
+    from vrft_jax.metrics import Timer
+
+    config = base.get_config()
+    config.grpo.exact_logprob_values, config.grpo.beta, config.grpo.mu = exact, beta, mu
+    calls, seen = [], []
+
+    def logprobs(params, batch):
+        calls.append(params)
+        return jnp.zeros((2, 3))
+
+    def update_grpo(state, batch):
+        seen.append(sorted(k for k in batch if k.endswith("logps")))
+        return state, {}
+
+    fns = types.SimpleNamespace(logprobs=logprobs, update_grpo=update_grpo)
+    ref = "ref" if beta else None
+    monkeypatch.setattr(train.steps, "host_metrics", lambda m: m)
+    train.grpo_updates(config, {"params": "policy"}, {}, fns, ref, Timer())
+    compare = beta != 0 or mu > 1
+    want = (beta != 0) + (mu if exact and compare else (1 if mu > 1 else 0))
+    assert len(calls) == want, calls
+    assert len(seen) == mu
+    assert all(("policy_logps" in s) == (exact and compare) for s in seen)
+    assert all(("old_logps" in s) == (mu > 1) for s in seen)

@@ -345,19 +345,22 @@ def grpo_updates(config, state, batch, fns, ref_params, timer):
     ("policy_logps", see steps.grpo_loss_and_grads), so equal weights give exactly equal values:
     KL exactly 0 at step 0, ratio exactly 1 on the first update. That costs one forward per
     update; with beta = 0 and mu = 1 the ratio is 1 by construction and nothing extra runs.
+    `grpo.exact_logprob_values = False` skips those forwards (values then ~30 ulps apart).
     """
-    compare = ref_params is not None or config.grpo.mu > 1
+    exact = config.grpo.exact_logprob_values and (ref_params is not None or config.grpo.mu > 1)
     with timer("logprobs"):
         if ref_params is not None:
             batch["ref_logps"] = fns.logprobs(ref_params, batch)
-        if compare:
+        if exact:
             batch["policy_logps"] = fns.logprobs(state["params"], batch)
-        if config.grpo.mu > 1:
-            batch["old_logps"] = batch["policy_logps"]  # the rollout policy's
+        if config.grpo.mu > 1:  # the rollout policy's
+            batch["old_logps"] = (
+                batch["policy_logps"] if exact else fns.logprobs(state["params"], batch)
+            )
         jax.block_until_ready(batch)
     device_metrics = []
     for k in range(config.grpo.mu):
-        if k > 0:
+        if k > 0 and exact:
             with timer("logprobs"):
                 batch["policy_logps"] = jax.block_until_ready(fns.logprobs(state["params"], batch))
         with timer("update"):
