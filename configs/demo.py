@@ -34,6 +34,11 @@ unchanged: after the warm-up it already has the format and answers one class for
 teach it to read the shape (issue 14 item 6 is open: see its notes). Train reward: 0.34 at step 1
 -> 0.5-0.9 at steps 24-30 (reward_curve.png). Re-running the command in the same workdir says the
 run is finished and changes no file.
+
+The same demo on the tiny Qwen2.5-VL (`--config.model.preset=qwen2_5_vl-tiny`; measured
+2026-12-02 on the loaded 2-core CPU, 1364 s wall): held-out sampled reward 0.495 after the warm-up
+-> 0.812 after GRPO (format 0.365 -> 0.573, class 0.130 -> 0.240); greedy accuracy 0.021 ->
+0.354.
 """
 
 from configs import base

@@ -132,27 +132,25 @@ def test_sharded_step_matches_one_device(name, one_device):
     )
 
 
-@pytest.mark.parametrize("kind", ["grpo", "sft"])
-def test_qwen2_5_vl_step_sharded_matches_one_device(kind):
-    """The Qwen2.5-VL family (window attention in the vision tower) through the same GRPO and SFT
-    steps: fsdp x tensor over 8 devices equals one device."""
-    batch = make_batch()
-    if kind == "sft":
-        batch = {k: batch[k] for k in (*steps.PROMPT_KEYS, "completion_ids", "completion_mask")}
+def test_qwen2_5_vl_step_sharded_matches_one_device():
+    """The Qwen2.5-VL family (window attention in the vision tower) through the same GRPO step:
+    fsdp x tensor over 8 devices equals one device. (The SFT step runs the same model forward and
+    backward with another loss; its Qwen2.5-VL variant passed too but is left out of the suite:
+    each of these compiles costs ~20 s of the suite's time budget.)"""
     results = []
     for mesh_config in (None, MESHES["fsdp4_tensor2"]):
         mesh, state, fns = build(mesh_config, make_config(), family="qwen2_5_vl")
-        update = fns.update_sft if kind == "sft" else fns.update_grpo
-        before = jax.device_get(state["params"])
-        state, metrics = update(state, steps.place_batch(batch, mesh))
-        results.append((before, jax.device_get(state["params"]), steps.host_metrics(metrics)))
-    (before, want_params, want), (_, params, got) = results
+        results.append(run_step(mesh, state, fns, make_batch()))
+    (before, want_state, want), (_, state, got) = results
     gate = lambda p: p["visual"]["blocks"]["gate_kernel"]  # noqa: E731
-    assert np.abs(gate(want_params) - gate(before)).max() > 0  # the step reaches the window blocks
+    moved = np.abs(gate(want_state["params"]) - gate(before)).max()
+    assert moved > 0  # the step reaches the window blocks' SwiGLU
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-4)
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6), params, want_params
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-6),
+        state["params"],
+        want_state["params"],
     )
 
 
