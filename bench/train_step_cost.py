@@ -211,10 +211,10 @@ def build(c, P, side, fsdp=1):
                                                           sharding=x.sharding), params)  # fmt: skip
         ref_bytes = _device_bytes(ref)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    update = steps.TrainSteps(graphdef, c, tx, schedule, shardings).update_grpo
+    update = steps.TrainSteps(graphdef, c, tx, schedule, shardings).update_grpo_jit
     return types.SimpleNamespace(
         update=update, state=state, batch=batch, graphdef=graphdef, model_config=model_config,
-        ref_bytes=ref_bytes, fsdp=fsdp,
+        ref_bytes=ref_bytes, fsdp=fsdp, base=None,
     )  # fmt: skip
 
 
@@ -342,11 +342,11 @@ def measure(c, P=384, side=448, top=0, fsdp=1):
     t0 = time.perf_counter()
     b = build(c, P, side, fsdp)
     update, state, batch = b.update, b.state, b.batch
-    jaxpr = jax.make_jaxpr(update)(state, batch)
+    jaxpr = jax.make_jaxpr(update)(state, batch, b.base)
     flops = matmul_flops(jaxpr.jaxpr)
     saved = saved_for_backward(b, int(c.grpo.micro_batch_size))
     t1 = time.perf_counter()
-    compiled = update.lower(state, batch).compile()
+    compiled = update.lower(state, batch, b.base).compile()
     seconds = time.perf_counter() - t1
     mem = compiled.memory_analysis()
     analysis = compiled.cost_analysis()
