@@ -118,12 +118,12 @@ def find_targets(params_state, pattern: str) -> tuple[Target, ...]:
         names = tuple(var.get_metadata().get("out_sharding") or (None,) * len(var.shape))
         stacked = bool(names) and names[0] == "layers"
         own = names[1:] if stacked else names
-        # A weight matrix has input and output axes; biases, norms and embedding tables
-        # ([vocab, embed], read by index) get no adapter.
+        # A weight matrix has input and output axes; biases and norms get no adapter. An
+        # embedding table [vocab, embed] may (a row per token; read by index through
+        # Adapted.__jax_array__), e.g. a tied embedding that is also the output layer.
         name = key.rsplit("/", 1)[-1]
         is_matrix = (
             len(own) >= 2
-            and own[0] != "vocab"
             and _input_axes(own) < len(own)
             and not any(word in name for word in ("bias", "norm", "scale"))
         )
