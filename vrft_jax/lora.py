@@ -31,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 QUANTIZE = ("none", "int8")
+EFFECTIVE_WEIGHT = "lora_effective_weight"  # checkpoint name of W + (alpha/r) A @ B
 RANK_AXIS = "lora_rank"  # logical name without a mesh rule: the rank axis is replicated
 # The decoder's attention and MLP projections (q, k, v, o, gate, up, down), by path; the vision
 # tower and merger are opt-in (e.g. "^(language_model/layers|visual/blocks)/\w+_kernel$").
@@ -194,7 +196,9 @@ class Adapted:
         if self.a is None:
             return w
         lead = self.a.ndim + self.b.ndim - w.ndim - 2  # a [lead, in, r], b [lead, r, out]
-        return w + lora_delta(self.a, self.b, self.scale, dtype, lead)
+        # Named so that the layer scan can recompute it in the backward (layers.scan_layers).
+        return checkpoint_name(w + lora_delta(self.a, self.b, self.scale, dtype, lead),
+                               EFFECTIVE_WEIGHT)  # fmt: skip
 
     def __jax_array__(self):
         return self.astype(self.dtype)
