@@ -39,6 +39,9 @@ setup(
             "hypothesis",
             "ruff",
             "torch==2.13.0",
+            # LoRA export test (PeftModel.from_pretrained): pulls only accelerate besides torch
+            # and transformers, which the test extra already has.
+            "peft",
             "nbclient",
             "nbformat",
             "ipykernel",

@@ -185,15 +185,15 @@ def run_ours(model, c, host_batch, steps_timed: int):
     # one more forward per step, as long as the reference's, timed there; not here).
     batch["policy_logps"] = jax.block_until_ready(fns.logprobs(state["params"], batch))
     t0 = time.perf_counter()
-    update = fns.update_grpo.lower(state, batch).compile()
+    update = fns.update_grpo_jit.lower(state, batch, None).compile()
     compile_s = time.perf_counter() - t0
-    state, metrics = jax.block_until_ready(update(state, batch))  # warm-up
+    state, metrics = jax.block_until_ready(update(state, batch, None))  # warm-up
     ref_s, update_s = [], []
     for _ in range(steps_timed):
         t0 = time.perf_counter()
         batch["ref_logps"] = jax.block_until_ready(fns.logprobs(ref_params, batch))
         t1 = time.perf_counter()
-        state, metrics = jax.block_until_ready(update(state, batch))
+        state, metrics = jax.block_until_ready(update(state, batch, None))
         ref_s.append(t1 - t0)
         update_s.append(time.perf_counter() - t1)
     mem = update.memory_analysis()

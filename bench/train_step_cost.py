@@ -7,6 +7,11 @@
     PYTHONPATH=. python bench/train_step_cost.py --preset qwen3_vl-8b     # (or qwen3_vl-2b/-4b)
     PYTHONPATH=. python bench/train_step_cost.py --sweep            # micro-batch x remat table
     PYTHONPATH=. python bench/train_step_cost.py --fsdp 1,2,4,8     # per device over FSDP sizes
+    PYTHONPATH=. python bench/train_step_cost.py --lora 64 --fsdp 1,8  # full vs LoRA vs QLoRA
+
+--lora R: the same step with LoRA adapters of rank R on the decoder's projections (float32
+adapters and moments as the train state; the frozen base in bf16, or int8 for QLoRA, is an
+argument of the step; no reference copy: the reference is the base with the adapters off).
 
 Builds the real jitted GRPO update (vrft_jax.steps.TrainSteps(...).update_grpo, state donated)
 with the parameters (float32 master weights), the AdamW state (optim.make_optimizer) and the step
@@ -75,12 +80,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vrft_jax import buckets, optim, policy, sharding, steps
+from vrft_jax import buckets, lora, optim, policy, sharding, steps
 from vrft_jax.models import Qwen2VL, get_preset
 
 GiB = 2**30
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM)
 GPU_GIB = {"H100": 80, "H200": 141}
+CARDS_GIB = (24, 48, 80, 141)  # the --lora table: 24 GB (RTX 4090), 48 (A6000/L40S), 80, 141
 FITS_NOTE = (
     "yes = within JAX's default 75% of the card (XLA_PYTHON_CLIENT_MEM_FRACTION), 0.95 = only "
     "with XLA_PYTHON_CLIENT_MEM_FRACTION=0.95, NO = not at all"
@@ -109,6 +115,9 @@ def step_config(args):
         c.grpo.beta = args.beta
     if args.freeze_vision:
         c.optim.freeze = "^visual/"
+    if getattr(args, "lora_rank", 0):
+        c.lora.rank, c.lora.alpha = args.lora_rank, 2.0 * args.lora_rank
+        c.lora.quantize = getattr(args, "quantize", "none")
     return c
 
 
@@ -192,6 +201,18 @@ def build(c, P, side, fsdp=1):
                  param_shardings)  # fmt: skip
     # Built over the pure dict the train state holds: with optim.freeze, labels built over the
     # nnx.State (as train.py passes) do not match the pure-dict params tx.init receives.
+    lora_run = None
+    if c.lora.rank:  # the train state holds the adapters; the base is an argument of the step
+        spec = lora.make_spec(c.lora, params_state)
+        rules = sharding.make_rules(())
+        base = jax.eval_shape(
+            functools.partial(lora.make_base, spec=spec, dtype=m.compute_dtype), params
+        )
+        base = _on(base, lora.base_shardings(param_shardings, spec, mesh, rules))
+        shapes = lora.adapter_shapes(spec, m.master_dtype)
+        param_shardings = _adapter_shardings(spec, shapes, mesh, rules)
+        params = _on(shapes, param_shardings)
+        lora_run = types.SimpleNamespace(spec=spec, base=base)
     tx, schedule = optim.make_optimizer(c.optim, max(int(c.total_steps), 1), params)
     # The moments follow their parameter's sharding (as steps.make_train_state places them).
     opt_shardings = steps.opt_state_shardings(tx, params, param_shardings, mesh)
@@ -208,16 +229,33 @@ def build(c, P, side, fsdp=1):
     )  # fmt: skip
     batch = place_abstract_batch(batch, mesh)
     ref_bytes = 0
-    if with_ref:  # model_setup.reference_params: the initial weights in the compute dtype
+    if with_ref and lora_run is None:  # reference_params: the initial weights, compute dtype
         ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(m.compute_dtype),
                                                           sharding=x.sharding), params)  # fmt: skip
         ref_bytes = _device_bytes(ref)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    update = steps.TrainSteps(graphdef, c, tx, schedule, shardings).update_grpo
+    fns = steps.TrainSteps(graphdef, c, tx, schedule, shardings, lora_run)
     return types.SimpleNamespace(
-        update=update, state=state, batch=batch, graphdef=graphdef, model_config=model_config,
-        ref_bytes=ref_bytes, fsdp=fsdp,
+        update=fns.update_grpo_jit, state=state, batch=batch, graphdef=graphdef,
+        model_config=model_config, ref_bytes=ref_bytes, fsdp=fsdp,
+        base=None if lora_run is None else lora_run.base,
     )  # fmt: skip
+
+
+def _adapter_shardings(spec, shapes, mesh, rules):
+    """NamedShardings of the adapters: the weight's input / output axes' rules, rank replicated."""
+    out = shapes
+    for t in spec.targets:
+        node = lora._get(shapes, t.path)
+        names_a, names_b = lora.adapter_names(t)
+        sh = {
+            k: jax.sharding.NamedSharding(
+                mesh, sharding.logical_to_mesh_spec(names, node[k].shape, mesh, rules)
+            )
+            for k, names in (("a", names_a), ("b", names_b))
+        }
+        out = lora._replace(out, t.path, sh)
+    return out
 
 
 def saved_for_backward(b, micro_batch_size):
@@ -229,6 +267,8 @@ def saved_for_backward(b, micro_batch_size):
     jax._src.ad_checkpoint.saved_residuals (what jax.ad_checkpoint.print_saved_residuals prints);
     None where that private helper is missing.
     """
+    if b.base is not None:
+        return None  # LoRA: the compiled plan only (the residual breakdown reads full params)
     try:
         from jax._src.ad_checkpoint import saved_residuals
     except ImportError:
@@ -344,11 +384,11 @@ def measure(c, P=384, side=448, top=0, fsdp=1):
     t0 = time.perf_counter()
     b = build(c, P, side, fsdp)
     update, state, batch = b.update, b.state, b.batch
-    jaxpr = jax.make_jaxpr(update)(state, batch)
+    jaxpr = jax.make_jaxpr(update)(state, batch, b.base)
     flops = matmul_flops(jaxpr.jaxpr)
     saved = saved_for_backward(b, int(c.grpo.micro_batch_size))
     t1 = time.perf_counter()
-    compiled = update.lower(state, batch).compile()
+    compiled = update.lower(state, batch, b.base).compile()
     seconds = time.perf_counter() - t1
     mem = compiled.memory_analysis()
     analysis = compiled.cost_analysis()
@@ -366,6 +406,8 @@ def measure(c, P=384, side=448, top=0, fsdp=1):
         "trace_s": t1 - t0,
         "compile_s": seconds,
         "params": sum(x.size for x in jax.tree.leaves(state["params"])),
+        "state_sds": state,
+        "frozen": b.ref_bytes if b.base is None else _device_bytes(b.base),
         "batch": {k: (tuple(v.shape), v.dtype.name) for k, v in batch.items()},
         "config": b.model_config,
         "P": P,
@@ -522,6 +564,33 @@ def fsdp_sweep(args, sizes):
         )
 
 
+def lora_table(args, sizes):
+    """full / LoRA / QLoRA (int8) x fsdp sizes of the --preset's paper step: one compile each."""
+    print(
+        f"one GRPO update of {args.preset} per device, GiB (CPU XLA's plan + the resident "
+        f"reference copy for full fine-tuning; LoRA rank {args.lora_rank}, decoder projections)"
+    )
+    cards = " ".join(f"{g:>4d}" for g in CARDS_GIB)
+    print(f"{'mode':>6s} {'fsdp':>4s} {'state':>7s} {'frozen':>7s} {'args':>7s} {'temp':>7s} "
+          f"{'total':>7s}  fits (75% of) {cards} GB")  # fmt: skip
+    rank = args.lora_rank
+    for mode, r, quantize in (("full", 0, "none"), ("lora", rank, "none"), ("qlora", rank, "int8")):
+        for fsdp in sizes:
+            args.lora_rank, args.quantize = r, quantize
+            c = step_config(args)
+            out = measure(c, args.prompt_len, args.image_side, fsdp=fsdp)
+            total = out["resident_peak"]
+            state_bytes = _device_bytes(out["state_sds"])
+            marks = " ".join(f"{'yes' if total <= 0.75 * g * 1e9 else 'NO':>4s}" for g in CARDS_GIB)
+            print(
+                f"{mode:>6s} {fsdp:4d} {state_bytes / GiB:7.2f} {out['frozen'] / GiB:7.2f} "
+                f"{out['arguments'] / GiB:7.2f} "
+                f"{out['temporaries'] / GiB:7.2f} {total / GiB:7.2f}  {'':14s}{marks}",
+                flush=True,
+            )
+    args.lora_rank = rank
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     presets = ("tiny", "2b", "7b", "qwen2_5_vl-3b", "qwen2_5_vl-7b")
@@ -547,7 +616,14 @@ def main(argv=None):
     ap.add_argument("--freeze-vision", action="store_true", help="optim.freeze='^visual/'")
     ap.add_argument("--top", type=int, default=12, help="largest compiled arrays to list")
     ap.add_argument("--sweep", action="store_true", help="micro-batch {8..64} x remat table (2b)")
+    ap.add_argument(
+        "--lora", dest="lora_rank", type=int, default=0,
+        help="LoRA rank: a full / LoRA / QLoRA table over the --fsdp sizes",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.lora_rank:
+        lora_table(args, [int(x) for x in args.fsdp.split(",")])
+        return
     if args.sweep:
         sweep(args)
         return

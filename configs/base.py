@@ -153,6 +153,19 @@ def get_config(arg=None):
     c.optim.freeze = ""  # regex over parameter paths to freeze, e.g. "^visual/" (vision tower)
     c.optim.max_nonfinite_steps = 3  # stop after this many skipped non-finite steps in a row
 
+    # ---- LoRA / QLoRA (vrft_jax/lora.py) ---------------------------------------------------------
+    # Adapters W + (alpha/rank) * A @ B on the weight matrices whose path matches `targets`; only
+    # they train (float32, with their AdamW state; checkpoints hold only them); the base is frozen
+    # in compute_dtype and is the GRPO reference with the adapters off (no second copy).
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # 0 = full fine-tuning
+    c.lora.alpha = 16.0  # scale alpha / rank (PEFT's lora_alpha)
+    # Regex over parameter paths; default: the decoder's q/k/v/o and gate/up/down projections
+    # (add "|^visual/blocks/\w+_kernel$" for the vision tower).
+    c.lora.targets = r"^language_model/layers/\w+_kernel$"
+    c.lora.quantize = "none"  # QLoRA: "int8" stores the targets' base per-channel int8
+    c.lora.init = ""  # a PEFT adapter folder to start from (adapter_config.json + safetensors)
+
     # ---- Mesh and sharding ----------------------------------------------------------------------
     # Axis sizes; -1 takes the remaining devices. The batch splits over data x fsdp.
     c.mesh = (("data", 1), ("fsdp", -1), ("tensor", 1))

@@ -47,6 +47,7 @@ def get_config(arg=None):
     c.input.classification_subject = a.dataset
     c.rewards = (("format", 1.0), ("classification", 1.0))
     c.reward.classification_match = "exact"  # the reference's substring match is hackable
+    common.apply_lora(c, a.lora)
     if a.runlocal:
         common.shrink_for_local(c)
     return c

@@ -36,6 +36,7 @@ def get_config(arg=None):
     c.data.categories = ("coco_fewshot8",)
     c.data.shots = a.shots
     c.rewards = (("format", 1.0), ("detection_iou", 1.0), ("detection_confidence", 1.0))
+    common.apply_lora(c, a.lora)
     if a.runlocal:
         common.shrink_for_local(c)
     return c

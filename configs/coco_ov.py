@@ -39,6 +39,7 @@ def get_config(arg=None):
     c.data.eval_categories = EVAL_CATEGORIES[a.eval]
     c.data.max_examples = 6000
     c.rewards = (("format", 1.0), ("detection_iou", 1.0), ("detection_confidence", 1.0))
+    common.apply_lora(c, a.lora)
     if a.runlocal:
         common.shrink_for_local(c)
     return c

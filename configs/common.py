@@ -2,14 +2,17 @@
 and the `runlocal` shrink.
 
 A config argument is a comma-separated list of `key=value` or bare flags, e.g.
-`configs/coco_fewshot.py:shots=4,model=7b,runlocal`. Unknown keys fail naming the key.
+`configs/coco_fewshot.py:shots=4,model=7b,runlocal`. Unknown keys fail naming the key. Every paper
+config also takes `lora=R` (LoRA adapters of rank R instead of full fine-tuning, `apply_lora`).
 """
 
 import ml_collections
 
 
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
-    """`"a=1,flag"` -> ConfigDict(a=1, flag=True) with values cast to the defaults' types."""
+    """`"a=1,flag"` -> ConfigDict(a=1, flag=True) with values cast to the defaults' types.
+    `lora` (int, default 0) is always accepted."""
+    defaults = {"lora": 0, **defaults}
     values = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, has_value, value = item.partition("=")
@@ -70,6 +73,19 @@ def reference_training(c, model: str = "2b") -> None:
     c.seed = 42
     c.eval.max_new_tokens = 1024
     c.data.num_eval_examples = 0  # the whole test set
+
+
+def apply_lora(c, rank: int) -> None:
+    """lora=R: adapters of rank R on the decoder's projections, alpha 2R, lr 1e-5 (VLM-R1's LoRA
+    GRPO script: r 64, alpha 128, lr 1e-5; adapters start at B = 0 and need a larger step than
+    full fine-tuning's 1e-6). rank 0 leaves the config as it is (full fine-tuning)."""
+    if not rank:
+        return
+    if rank < 0:
+        raise ValueError(f"lora={rank}: expected a rank >= 1 (or 0 for full fine-tuning)")
+    c.lora.rank = int(rank)
+    c.lora.alpha = 2.0 * rank
+    c.optim.lr = 1e-5
 
 
 def shrink_for_local(c) -> None:

@@ -32,6 +32,7 @@ def get_config(arg=None):
     c.rewards = (("format", 1.0), ("grounding_iou", 1.0))
     c.reward.grounding = "giou_plus_one"
     c.eval.max_new_tokens = 128  # the reference's LISA inference
+    common.apply_lora(c, a.lora)
     if a.runlocal:
         common.shrink_for_local(c)
     return c

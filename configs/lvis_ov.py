@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.data.eval_image_root = "data/coco"
     c.data.eval_categories = ("lvis_ov13",)
     c.eval.detection_gate = "verified"  # present + verified-absent categories (federated)
+    common.apply_lora(c, a.lora)
     if a.runlocal:
         common.shrink_for_local(c)
     return c

@@ -34,6 +34,7 @@ def get_config(arg=None):
     c.eval.detection_gate = "verified"  # present + verified-absent categories (federated)
     c.data.shots = a.shots
     c.rewards = (("format", 1.0), ("detection_iou", 1.0), ("detection_confidence", 1.0))
+    common.apply_lora(c, a.lora)
     if a.runlocal:
         common.shrink_for_local(c)
     return c

@@ -35,6 +35,7 @@ def get_config(arg=None):
     c.data.source = "rows"
     c.data.path = "data/ViRFT_COCO_8_cate_4_shot/data"
     c.rewards = REWARDS[a.task]
+    common.apply_lora(c, a.lora)
     if a.runlocal:
         common.shrink_for_local(c)
     return c

@@ -10,8 +10,18 @@ on `policy.cast_params(master, compute_dtype)`:
     so at step 0 policy and reference log-probs are bit-identical (KL exactly 0).
 bf16 master weights remain possible (`master_dtype="bfloat16"`, e.g. evaluation-only runs on a
 small GPU); `master_precision_warning` says at start-up when lr is too small for them to move.
+
+LoRA (config.lora.rank > 0, `lora_setup`): the weights are loaded in the compute dtype and become
+the frozen base (int8 targets with lora.quantize="int8"); the train state holds float32 adapters.
+The sampler decodes with the adapters merged into a compute-dtype copy made once per rollout
+(`make_generate_fn`): the decode loop fuses q/k/v and gate/up per layer (Decoder.split_layers) and
+runs C steps per rollout, so one merge per rollout is cheaper than adding the two rank-r matmuls
+(and int8 dequantisation) to every projection of every decode step. The reference is the base with
+the adapters off (`{}`), no second copy of the weights, unless the start adapters are not zero
+(an SFT warm-up or lora.init): then a copy of those (megabytes).
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -20,7 +30,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from vrft_jax import policy, sampler
+from vrft_jax import lora, policy, sampler, sharding
 from vrft_jax.models import get_preset, random_qwen2_vl
 
 DTYPES = ("float32", "bfloat16")
@@ -43,13 +53,16 @@ def build_model(config):
 
     m = config.model
     check_dtypes(m)
+    lora.check_config(config.lora)
+    # LoRA: the weights are the frozen base, never trained: load them in the compute dtype.
+    dtype = m.compute_dtype if config.lora.rank else m.master_dtype
     kwargs = dict(
         prompt_buckets=tuple(config.input.prompt_buckets),
         patch_buckets=tuple(config.input.patch_buckets),
     )
     if config.model_init:  # also the shape source for checkpoints of a HF-initialised run
         model = hf.load_model(
-            config.model_init, dtype=m.master_dtype, compute_dtype=m.compute_dtype, **kwargs
+            config.model_init, dtype=dtype, compute_dtype=m.compute_dtype, **kwargs
         )
         model.config = model.config.replace(
             attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
@@ -57,12 +70,14 @@ def build_model(config):
         )  # fmt: skip
     else:
         preset = get_preset(
-            m.preset, param_dtype=m.master_dtype, compute_dtype=m.compute_dtype,
+            m.preset, param_dtype=dtype, compute_dtype=m.compute_dtype,
             attention=m.attention, remat=m.remat, vision_remat=m.vision_remat,
             scan_layers=m.scan_layers,
         )  # fmt: skip
         model = random_qwen2_vl(preset, seed=config.seed, **kwargs)
-    message = master_precision_warning(nnx.state(model, nnx.Param), config.optim.lr)
+    message = None
+    if not config.lora.rank:  # LoRA trains float32 adapters
+        message = master_precision_warning(nnx.state(model, nnx.Param), config.optim.lr)
     if message:
         logging.warning(message)
     return model
@@ -111,13 +126,49 @@ def master_precision_warning(params, lr) -> str | None:
     )
 
 
-def make_generate_fn(graphdef, model_config, config):
+@dataclasses.dataclass
+class LoraRun:
+    """A LoRA run's frozen parts: spec (static), the base placed on the mesh (compute dtype or
+    int8, see lora.make_base) and the initial adapters (nnx.State with logical names)."""
+
+    spec: lora.LoraSpec
+    base: dict
+    adapters: nnx.State
+
+
+def lora_setup(config, params_state, mesh, rules) -> LoraRun | None:
+    """config.lora -> LoraRun (None when lora.rank is 0): the base from the model's params
+    (`params_state`, which the caller may then drop) and fresh adapters, or config.lora.init's
+    PEFT folder."""
+    spec = lora.make_spec(config.lora, params_state)
+    if spec is None:
+        return None
+    adapters = lora.init_adapters(spec, config.seed, config.model.master_dtype)
+    if config.lora.init:
+        from vrft_jax import peft_io
+
+        adapters = peft_io.read_adapters(config.lora.init, spec, adapters, config)
+    shardings = nnx.to_pure_dict(sharding.param_shardings(params_state, mesh, rules))
+    out = lora.base_shardings(shardings, spec, mesh, rules)
+    make = jax.jit(
+        functools.partial(lora.make_base, spec=spec, dtype=config.model.compute_dtype),
+        out_shardings=out,
+    )
+    base = make(nnx.to_pure_dict(params_state))
+    return LoraRun(spec, base, adapters)
+
+
+def make_generate_fn(graphdef, model_config, config, lora_run=None):
     """params -> generate(input_ids, attention_mask, pixel_values, image_grid_thw, **sampling),
     the sampler bound to a compute-dtype copy of those params (one jitted cast per call, i.e. per
     rollout or evaluation; the copy is freed with the returned function). Compiled sampler
-    programs are shared across params."""
+    programs are shared across params. With `lora_run` params are adapters, merged into that
+    copy (lora.merge)."""
     compute = jnp.dtype(config.model.compute_dtype)
     to_compute = jax.jit(functools.partial(policy.cast_params, dtype=compute))
+    if lora_run is not None:
+        merge = jax.jit(functools.partial(lora.merge, spec=lora_run.spec, dtype=compute))
+        to_compute = lambda adapters: merge(lora_run.base, adapters)  # noqa: E731
     options = dict(
         prompt_buckets=tuple(config.input.prompt_buckets),
         patch_buckets=tuple(config.input.patch_buckets),
@@ -128,7 +179,8 @@ def make_generate_fn(graphdef, model_config, config):
     def bind(params):
         leaves = jax.tree.leaves(params)
         floating = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
-        weights = to_compute(params) if any(x.dtype != compute for x in floating) else params
+        convert = lora_run is not None or any(x.dtype != compute for x in floating)
+        weights = to_compute(params) if convert else params
 
         def generate(*args, **kwargs):
             return sampler.generate_with_state(
@@ -140,11 +192,14 @@ def make_generate_fn(graphdef, model_config, config):
     return bind
 
 
-def reference_params(config, start_params):
+def reference_params(config, start_params, lora_run=None):
     """The frozen GRPO reference: `start_params` (initial or warmed-up master weights) cast to
     the compute dtype exactly as every train step casts the policy's, as a new copy (the train
-    state's arrays are donated each step). None when the KL term is off (beta 0) or for SFT."""
+    state's arrays are donated each step). None when the KL term is off (beta 0) or for SFT.
+    LoRA: {} (adapters off: the base itself) when the start adapters are zero, else their copy."""
     if config.trainer != "grpo" or config.grpo.beta == 0:
         return None
+    if lora_run is not None and lora.is_zero_delta(start_params):
+        return {}
     cast = policy.cast_params(start_params, config.model.compute_dtype)
     return jax.tree.map(lambda x: jnp.array(x, copy=True), cast)

@@ -110,7 +110,7 @@ def sft_warmup(
         warm_state, extra = ckpt.restore(checkpoint.abstract_like(warm_state, shardings))
         data_state = extra["data"]
         print(f"sft warm-up: continuing after step {done} of {n}")
-    warm_fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings)
+    warm_fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings, fns.lora_run)
     source = make_source(config.data, "train", config.seed + 1)
     it = iter(
         Pipeline(

@@ -26,6 +26,11 @@ by default); each step casts them ONCE to the model's compute dtype (policy.cast
 the jitted program, so the copy lives only during the step), runs forward and backward on that
 copy, and sums the micro-batch gradients in the master dtype. Reference and old-policy log-probs
 (`sequence_logprobs`) take the same cast, so equal weights give bit-identical log-probs.
+
+LoRA (config.lora.rank > 0, vrft_jax/lora.py): the state's params are the adapters only (float32
+masters, their AdamW moments, their gradients); the frozen base (compute dtype or int8) is a
+separate, non-donated argument `base` of every jitted program, and the forward runs on
+`lora.attach(base, adapters)`. Reference log-probs with adapters off: `logprobs({}, batch)`.
 """
 
 import functools
@@ -36,7 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vrft_jax import grpo, optim, sharding
+from vrft_jax import grpo, lora, optim, sharding
 from vrft_jax.policy import cast_params, encode_images, prompt_layout, rows_logprobs
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask", "pixel_values", "image_grid_thw")
@@ -70,31 +75,45 @@ def micro_batch_setup(graphdef, params, batch, micro_batch_size):
     return layout, _micro(rows, num_micro), num_micro
 
 
-def accumulate(graphdef, params, batch, micro_loss, micro_batch_size, max_keys=()):
+def model_params(params, frozen):
+    """The model's params pytree from the trained `params`: themselves, or with LoRA
+    (frozen = (base, spec)) the base with the adapters `params` attached."""
+    if frozen is None:
+        return params
+    base, spec = frozen
+    return lora.attach(base, params, spec)
+
+
+def accumulate(graphdef, params, batch, micro_loss, micro_batch_size, max_keys=(), frozen=None):
     """Sum over micro-batches of micro_loss(logp, entropy, micro_batch) -> (loss, aux), and grads.
 
     micro_loss returns (scalar, {name: scalar}); its aux values are summed over micro-batches,
-    except those named in `max_keys`, whose maximum is taken.
+    except those named in `max_keys`, whose maximum is taken. frozen: None, or (base, LoraSpec)
+    when `params` are LoRA adapters.
     Returns (loss, aux, grads); grads in the dtype of `params` (the master weights).
     """
-    layout, rows, num_micro = micro_batch_setup(graphdef, params, batch, micro_batch_size)
+    full = model_params(params, frozen)
+    layout, rows, num_micro = micro_batch_setup(graphdef, full, batch, micro_batch_size)
+    compute = graphdef_config(graphdef, full).compute_dtype
     master = params
     # Forward and backward on the compute-dtype copy; d(cast)/d(master) is the identity, so its
-    # gradients are the master weights' gradients (upcast before they are summed).
-    params = cast_params(params, graphdef_config(graphdef, params).compute_dtype)
+    # gradients are the master weights' gradients (upcast before they are summed). With LoRA only
+    # the adapters are differentiated; the base is a constant of the step.
+    params = cast_params(params, compute)
     seq = {k: v for k, v in batch.items() if k not in PROMPT_KEYS}
     xs = jax.tree.map(lambda x: _micro(x, num_micro), seq)
     xs["rows"] = rows
     has_images = batch.get("pixel_values") is not None
 
     def encode(p):
+        p = model_params(p, frozen)
         return encode_images(graphdef, p, batch["pixel_values"], batch["image_grid_thw"])
 
     feats, feats_vjp = jax.vjp(encode, params) if has_images else (None, None)
 
     def loss_fn(p, f, mb):
         logp, ent = rows_logprobs(
-            graphdef, p, batch["prompt_ids"], batch["prompt_mask"], layout, f,
+            graphdef, model_params(p, frozen), batch["prompt_ids"], batch["prompt_mask"], layout, f,
             mb["completion_ids"], mb["rows"], with_entropy=True,
         )  # fmt: skip
         return micro_loss(logp, ent, mb)
@@ -138,7 +157,7 @@ def graphdef_config(graphdef, params):
 # ---- GRPO ---------------------------------------------------------------------------------------
 
 
-def grpo_loss_and_grads(graphdef, params, batch, g):
+def grpo_loss_and_grads(graphdef, params, batch, g, frozen=None):
     """GRPO loss, token-mean metrics and gradients of one rollout batch. g = config.grpo.
 
     With batch["policy_logps"] (the same params' log-probs from the log-prob program, which also
@@ -180,8 +199,9 @@ def grpo_loss_and_grads(graphdef, params, batch, g):
 
     not_means = ("pg_loss", "logprob_gap_max_abs")
     loss, sums, grads = accumulate(
-        graphdef, params, batch, micro_loss, g.micro_batch_size, max_keys=not_means[1:]
-    )
+        graphdef, params, batch, micro_loss, g.micro_batch_size, max_keys=not_means[1:],
+        frozen=frozen,
+    )  # fmt: skip
     denom = jnp.maximum(num_tokens, 1.0)
     metrics = {k: v / denom for k, v in sums.items() if k not in not_means}
     metrics.update({k: sums[k] for k in not_means})
@@ -206,15 +226,16 @@ def apply_update(tx, schedule, state, loss, grads, metrics):
     return new_state, metrics
 
 
-def grpo_update(graphdef, tx, schedule, g, state, batch):
-    loss, metrics, grads = grpo_loss_and_grads(graphdef, state["params"], batch, g)
+def grpo_update(graphdef, tx, schedule, g, state, batch, base=None, spec=None):
+    frozen = None if spec is None else (base, spec)
+    loss, metrics, grads = grpo_loss_and_grads(graphdef, state["params"], batch, g, frozen)
     return apply_update(tx, schedule, state, loss, grads, metrics)
 
 
 # ---- SFT ----------------------------------------------------------------------------------------
 
 
-def sft_loss_and_grads(graphdef, params, batch, micro_batch_size):
+def sft_loss_and_grads(graphdef, params, batch, micro_batch_size, frozen=None):
     """Token-mean cross-entropy on the answer tokens (completion_mask), and its gradients."""
     num_tokens = batch["completion_mask"].astype(jnp.float32).sum()
 
@@ -223,25 +244,33 @@ def sft_loss_and_grads(graphdef, params, batch, micro_batch_size):
         loss = -jnp.sum(logp * m) / jnp.maximum(num_tokens, 1.0)
         return loss, {"entropy": jnp.sum(jax.lax.stop_gradient(ent) * m)}
 
-    loss, sums, grads = accumulate(graphdef, params, batch, micro_loss, micro_batch_size)
+    loss, sums, grads = accumulate(
+        graphdef, params, batch, micro_loss, micro_batch_size, frozen=frozen
+    )
     metrics = {"loss": loss, "entropy": sums["entropy"] / jnp.maximum(num_tokens, 1.0)}
     return loss, metrics, grads
 
 
-def sft_update(graphdef, tx, schedule, micro_batch_size, state, batch):
-    loss, metrics, grads = sft_loss_and_grads(graphdef, state["params"], batch, micro_batch_size)
+def sft_update(graphdef, tx, schedule, micro_batch_size, state, batch, base=None, spec=None):
+    frozen = None if spec is None else (base, spec)
+    loss, metrics, grads = sft_loss_and_grads(
+        graphdef, state["params"], batch, micro_batch_size, frozen
+    )
     return apply_update(tx, schedule, state, loss, grads, metrics)
 
 
 # ---- Log-probs only (reference model, old policy) -----------------------------------------------
 
 
-def sequence_logprobs(graphdef, params, batch, micro_batch_size):
+def sequence_logprobs(graphdef, params, batch, micro_batch_size, base=None, spec=None):
     """logp [N, C] of the batch's completions under `params` (no gradients), micro-batched.
 
-    params in any dtype: cast to the compute dtype first, as the train step does."""
+    params in any dtype: cast to the compute dtype first, as the train step does. With LoRA
+    (spec given) params are adapters ({} = adapters off: the base model)."""
+    frozen = None if spec is None else (base, spec)
+    compute = graphdef_config(graphdef, model_params(params, frozen)).compute_dtype
+    params = model_params(cast_params(params, compute), frozen)
     layout, rows, num_micro = micro_batch_setup(graphdef, params, batch, micro_batch_size)
-    params = cast_params(params, graphdef_config(graphdef, params).compute_dtype)
     feats = None
     if batch.get("pixel_values") is not None:
         feats = encode_images(graphdef, params, batch["pixel_values"], batch["image_grid_thw"])
@@ -342,31 +371,45 @@ class TrainSteps:
 
     update_grpo(state, batch) / update_sft(state, batch) -> (state, metrics); the state is donated.
     logprobs(params, batch) -> logp [N, C] (reference with the frozen params, or old log-probs).
+    lora_run: model_setup.LoraRun for a LoRA run (its base is passed to every program, its spec
+    bound into them); then params are adapters and logprobs({}, batch) is the base model's.
     """
 
-    def __init__(self, graphdef, config, tx, schedule, state_shardings=None):
+    def __init__(self, graphdef, config, tx, schedule, state_shardings=None, lora_run=None):
         self.compiles = 0
+        self.lora_run = lora_run
         g, mbs = config.grpo, config.sft.micro_batch_size
         out = None if state_shardings is None else (state_shardings, None)
-        self.update_grpo = jax.jit(
-            self._counted(functools.partial(grpo_update, graphdef, tx, schedule, g)),
+        spec = None if lora_run is None else lora_run.spec
+        self.update_grpo_jit = jax.jit(
+            self._counted(functools.partial(grpo_update, graphdef, tx, schedule, g, spec=spec)),
             donate_argnums=0,
             out_shardings=out,
         )
-        self.update_sft = jax.jit(
-            self._counted(functools.partial(sft_update, graphdef, tx, schedule, mbs)),
+        self.update_sft_jit = jax.jit(
+            self._counted(functools.partial(sft_update, graphdef, tx, schedule, mbs, spec=spec)),
             donate_argnums=0,
             out_shardings=out,
         )
         self._logprobs = jax.jit(
-            self._counted(functools.partial(sequence_logprobs, graphdef)),
+            self._counted(functools.partial(sequence_logprobs, graphdef, spec=spec)),
             static_argnums=2,
         )
         self.grpo_micro_batch_size = g.micro_batch_size
 
+    @property
+    def base(self):
+        return None if self.lora_run is None else self.lora_run.base
+
+    def update_grpo(self, state, batch):
+        return self.update_grpo_jit(state, batch, self.base)
+
+    def update_sft(self, state, batch):
+        return self.update_sft_jit(state, batch, self.base)
+
     def logprobs(self, params, batch):
         batch = {k: v for k, v in batch.items() if k in PROMPT_KEYS or k == "completion_ids"}
-        return self._logprobs(params, batch, int(self.grpo_micro_batch_size))
+        return self._logprobs(params, batch, int(self.grpo_micro_batch_size), self.base)
 
     def _counted(self, fn):
         def traced(*args, **kwargs):

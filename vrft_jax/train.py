@@ -32,7 +32,7 @@ from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.evaluation import EvaluationStopped, run_evals
 from vrft_jax.inputs import PromptProcessor
 from vrft_jax.metrics import MetricsWriter, Timer
-from vrft_jax.model_setup import build_model, make_generate_fn, reference_params
+from vrft_jax.model_setup import build_model, lora_setup, make_generate_fn, reference_params
 from vrft_jax.models import compile_count as model_compile_count
 from vrft_jax.preemption import PreemptionGuard, RunStopped
 from vrft_jax.results import Results, report
@@ -79,13 +79,18 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     processor = PromptProcessor.from_config(config, model_config)  # box frame from the family
     logging.info("model from %s %s", init_source, init_path)
     logging.info("boxes in the %s frame (config.model.box_frame)", processor.box_frame)
+    # LoRA: the weights become the frozen base; the trained params are the adapters.
+    lora_run = lora_setup(config, params_state, mesh, rules)
+    if lora_run is not None:
+        del model
+        params_state = lora_run.adapters
 
     # ---- Optimizer and train state --------------------------------------------------------------
     per_step = updates_per_step(config)  # total_steps counts rollout steps
     tx, schedule = optim.make_optimizer(config.optim, max(total_steps, 1) * per_step, params_state)
     state, state_shardings = steps.make_train_state(params_state, tx, mesh, rules)
-    fns = steps.TrainSteps(graphdef, config, tx, schedule, state_shardings)
-    generate_fn = make_generate_fn(graphdef, model_config, config)
+    fns = steps.TrainSteps(graphdef, config, tx, schedule, state_shardings, lora_run)
+    generate_fn = make_generate_fn(graphdef, model_config, config, lora_run)
 
     # ---- Checkpoints and resume -----------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(
@@ -147,7 +152,7 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
             config, processor, graphdef, params_state, mesh, rules, init_state, fns,
             workdir=workdir,
         )["params"]  # fmt: skip
-    ref_params = reference_params(config, start_params)  # None without a KL term
+    ref_params = reference_params(config, start_params, lora_run)  # None without a KL term
 
     # ---- Data -----------------------------------------------------------------------------------
     source = make_source(config.data, "train", config.seed)

@@ -102,6 +102,13 @@ def remat_policy(name):
     return None
 
 
+def _has_adapters(xs) -> bool:
+    from vrft_jax.lora import Adapted
+
+    leaves = jax.tree.leaves(xs, is_leaf=lambda x: isinstance(x, Adapted))
+    return any(isinstance(x, Adapted) and x.a is not None for x in leaves)
+
+
 def scan_layers(body, carry, xs, *, scan: bool, remat: str):
     """Runs body(carry, xs_l) -> (carry, ys_l) over the leading `layers` axis of xs.
 
@@ -110,6 +117,13 @@ def scan_layers(body, carry, xs, *, scan: bool, remat: str):
     """
     if remat != "none":
         body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=not scan)
+    elif _has_adapters(xs):
+        # LoRA: save what remat "none" saves except each layer's effective weight (recomputed
+        # from W, A, B in the backward), else all L merged weights would be kept.
+        from vrft_jax.lora import EFFECTIVE_WEIGHT
+
+        policy = jax.checkpoint_policies.save_anything_except_these_names(EFFECTIVE_WEIGHT)
+        body = jax.checkpoint(body, policy=policy, prevent_cse=not scan)
     if scan:
         return jax.lax.scan(body, carry, xs)
     num = jax.tree.leaves(xs)[0].shape[0]

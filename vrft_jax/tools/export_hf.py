@@ -7,6 +7,13 @@ Weights are written in --dtype; by default in the `torch_dtype` of the run's `mo
 
 or, from Python, `export_hf(workdir, out, step=None) -> out`.
 
+LoRA runs (config.lora.rank > 0; their checkpoints hold only the adapters): the frozen base is
+rebuilt as the run built it (model_setup.build_model: model_init or the seeded preset, int8 targets
+for QLoRA) and the export writes the merged weights W + (alpha/r) A @ B. With `--adapter_only` it
+writes a PEFT adapter folder instead (adapter_config.json + adapter_model.safetensors, see
+vrft_jax/peft_io.py) that `peft.PeftModel.from_pretrained(base, OUT)` loads onto the Hugging Face
+base model; `--adapter_only` on a full fine-tuning run is an error.
+
 Reads `DIR/config.json` (written by `vrft_jax.main`) and the parameters of the latest (or the
 chosen) step in `DIR/checkpoints` (only the parameters are read, not the optimizer state), rebuilds
 the model, and writes into OUT (a local folder; DIR may also be gs://...):
@@ -47,7 +54,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from vrft_jax import config_utils, hf
+from vrft_jax import config_utils, hf, lora
 from vrft_jax.checkpoint import CHECKPOINT_SUBDIR, CheckpointError, check_tree_matches
 from vrft_jax.models.config import SUPPORTED_MODEL_TYPES, QwenVLConfig, get_preset
 from vrft_jax.models.qwen2_vl import Qwen2VL
@@ -193,6 +200,38 @@ def restore_model(workdir, step: int | None = None, *, dtype=None, to_device: bo
     return nnx.merge(graphdef, abstract, rest), step, extra
 
 
+def lora_rank(run_config) -> int:
+    """The run's config.lora.rank (0: full fine-tuning, also for runs from before LoRA)."""
+    return int((run_config.get("lora") or {}).get("rank", 0) or 0)
+
+
+def restore_lora(workdir, step: int | None = None):
+    """(base model in the run's compute dtype, spec, adapters as host arrays, step) of a LoRA
+    run's checkpoint; the base rebuilt exactly as the run built it."""
+    from vrft_jax.model_setup import build_model
+
+    run_config = read_run_config(workdir)
+    step = _choose_step(workdir, step)
+    step_dir = _workdir_path(workdir) / CHECKPOINT_SUBDIR / str(step)
+    model = build_model(run_config)
+    spec = lora.make_spec(run_config.lora, nnx.state(model, nnx.Param))
+    adapters = _read_params(step_dir, lora.adapter_shapes(spec, run_config.model.master_dtype))
+    return model, spec, adapters, step
+
+
+def merged_model(model, spec, adapters, dtype: str):
+    """The Qwen2VL with every target's weight W + (alpha/r) A @ B, all params in `dtype`."""
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    base = lora.make_base(params, spec, model.config.compute_dtype)
+    merged = jax.device_get(lora.merge(base, adapters, spec, jnp.dtype(dtype)))
+    config = model.config.replace(param_dtype=dtype, compute_dtype=dtype)
+    graphdef, abstract, rest = nnx.split(
+        nnx.eval_shape(lambda: Qwen2VL(config, rngs=nnx.Rngs(0))), nnx.Param, ...
+    )
+    nnx.replace_by_pure_dict(abstract, merged)
+    return nnx.merge(graphdef, abstract, rest)
+
+
 # ---- Writing the folder -------------------------------------------------------------------------
 
 
@@ -259,23 +298,42 @@ def export_hf(
     dtype: str | None = None,
     tokenizer: str | None = None,
     overwrite: bool = False,
+    adapter_only: bool = False,
 ) -> str:
     """Writes checkpoint `step` (default: latest) of `workdir` as a Hugging Face folder `out`.
 
     dtype: saved weight dtype ("float32", "bfloat16"; default: `export_dtype`). Returns `out`.
+    adapter_only: a LoRA run's adapters as a PEFT folder (float32) instead of the merged model.
     The folder is written under a temporary name and renamed when complete, so a failed export
     never leaves a half-written `out`.
     """
     workdir = str(_workdir_path(workdir))
     out = os.path.abspath(os.path.expanduser(str(out)))
     run_config = read_run_config(workdir)
+    rank = lora_rank(run_config)
+    if adapter_only and not rank:
+        raise ValueError(
+            f"--adapter_only: {workdir!r} is a full fine-tuning run (config.lora.rank=0), it has "
+            "no adapters; export the full model without --adapter_only"
+        )
     token_dir = tokenizer_dir_for(run_config, tokenizer)
     _choose_step(workdir, step)  # fail on a missing step before touching `out`
     dtype = dtype or export_dtype(run_config)
     tmp = _prepare_out(out, overwrite)
     try:
-        model, step, _ = restore_model(workdir, step, dtype=dtype, to_device=False)
-        hf.save_model(model, tmp)
+        if adapter_only:
+            from vrft_jax import peft_io
+
+            model, spec, adapters, step = restore_lora(workdir, step)
+            base_name = run_config.get("model_init") or ""
+            peft_io.write_adapters(tmp, adapters, spec, model.config, base_name)
+        else:
+            if rank:
+                base, spec, adapters, step = restore_lora(workdir, step)
+                model = merged_model(base, spec, adapters, dtype or "float32")
+            else:
+                model, step, _ = restore_model(workdir, step, dtype=dtype, to_device=False)
+            hf.save_model(model, tmp)
         for name in TOKENIZER_FILES:
             if os.path.isfile(os.path.join(token_dir, name)):
                 shutil.copy2(os.path.join(token_dir, name), os.path.join(tmp, name))
@@ -311,6 +369,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the run's)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument(
+        "--adapter_only",
+        action="store_true",
+        help="LoRA runs: write a PEFT adapter folder instead of the merged model",
+    )
     args = parser.parse_args(argv)
     try:
         path = export_hf(
@@ -320,6 +383,7 @@ def main(argv=None) -> int:
             dtype=args.dtype,
             tokenizer=args.tokenizer,
             overwrite=args.overwrite,
+            adapter_only=args.adapter_only,
         )
     except (OSError, CheckpointError, ValueError) as e:
         print(f"export_hf: error: {e}", file=sys.stderr)
