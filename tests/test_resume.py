@@ -43,6 +43,11 @@ OVERRIDES = {
     "ckpt.every": EVERY,
     "ckpt.keep": 2,
     "optim.lr": 1e-3,  # large enough that every step visibly moves the parameters
+    # The random model earns no reward, so the policy gradient is zero; what moves the weights is
+    # the KL term's gradient between the update's own forward and the reference's log-prob
+    # program (float32 rounding apart; AdamW scales it to lr-sized steps). Deterministic, so
+    # every resume comparison below is still exact. With exact values it would be exactly zero.
+    "grpo.exact_logprob_values": False,
 }
 # Metrics that measure time or compilation, not the computation: they may differ between runs.
 TIMING_KEYS = ("step_time", "tokens_per_s", "compile_count")
