@@ -28,12 +28,14 @@ import pytest
 from tests.conftest import REPO
 from vrft_jax import jsonio, results
 
-TOTAL, WARMUP = 4, 30
+TOTAL, WARMUP = 4, 150
 OVERRIDES = {
     "total_steps": TOTAL,
     "eval_at_start": True,
     "eval_every": 2,
-    "sft.warmup_steps": WARMUP,  # long enough (steps of well under a second) to be hit by SIGTERM
+    # Long enough to be hit by SIGTERM: with a warm compile cache a step takes ~30 ms, and 30 steps
+    # could end before the signal, sent once a step shows in the progress bar, arrived.
+    "sft.warmup_steps": WARMUP,
     "sft.think": "",
     "input.batch_size": 2,
     "grpo.G": 2,
@@ -144,7 +146,9 @@ def test_sigterm_during_warmup_saves_it_and_exits_0(interrupted_run):
     workdir, seen = interrupted_run
     rc, out = seen["sigterm"]
     assert rc == 0, out
-    match = re.search(r"Stopped by SIGTERM during the SFT warm-up, after step (\d+) of 30", out)
+    match = re.search(
+        rf"Stopped by SIGTERM during the SFT warm-up, after step (\d+) of {WARMUP}", out
+    )
     assert match, out[-2000:]
     stopped = int(match.group(1))
     assert 1 <= stopped < WARMUP
