@@ -22,9 +22,9 @@ the image dependence appears after ~60 SFT steps (spread 0.28 nats at step 80), 
 ends with the format and a partial reading, and RL has room.
 
 Measured 2026-12-02, three seeds (`--config.seed=S`), on the 2-core CPU shared with ~7 other
-jobs (load average 13-20): 41 min wall each, 5.9 min CPU (4.2 user + 1.7 sys). Idle: about
-6-7 min, estimated by scaling the previous demo's 4.2 min idle for 40 SFT + 30 GRPO steps (not
-re-measured idle). `greedy acc` = held-out classification accuracy with greedy decoding;
+jobs (load average 13-20): 41 min wall each, 5.9 min CPU (4.2 user + 1.7 sys). Seed 42 re-run
+at load average ~3: 4.9 min wall (run timer 289 s), 4.9 min CPU, identical numbers; so under
+5 min on an idle machine. `greedy acc` = held-out classification accuracy with greedy decoding;
 `sampled` = held-out expected total reward (format + class, 0..2) and class accuracy over 4
 samples at temperature 1, what GRPO optimises:
 
