@@ -266,15 +266,19 @@ def test_synthetic_colour_task_answers_the_drawn_colour():
     names = set()
     for i in range(30):
         s, c = shapes[i], colours[i]
-        # Same image as the shape task (same draws), only the question and the answer differ.
-        np.testing.assert_array_equal(np.asarray(s.image), np.asarray(c.image))
         assert c.task == "classification" == colours.task_at(i)
         assert "colour" in c.problem and "colour" not in s.problem
         assert parsing.solution_answer(c.solution) == c.class_name
         assert c.label == list(COLOURS).index(c.class_name)
-        pixels = np.asarray(c.image).reshape(-1, 3)
-        drawn = {tuple(p) for p in pixels} - {(235, 235, 235)}
-        assert drawn == {COLOURS[c.class_name]}  # the only non-background colour is the answer
+        # A card of the answer's colour with the same draw's shape in a darker shade of it: the
+        # colour is in every patch (the tiny demo model reads it), the shape where the shape
+        # task drew it.
+        card = COLOURS[c.class_name]
+        shade = tuple(v * 3 // 5 for v in card)
+        pixels = np.asarray(c.image)
+        assert {tuple(p) for p in pixels.reshape(-1, 3)} == {card, shade}
+        shape_mask = (np.asarray(s.image) != (235, 235, 235)).any(-1)
+        np.testing.assert_array_equal((pixels == shade).all(-1), shape_mask)
         names.add(c.class_name)
     assert names == set(COLOURS)
     with pytest.raises(ValueError, match="synthetic_task='color'"):

@@ -5,8 +5,11 @@ so the same index always gives the same image and the held-out split ("eval") ne
 generator stream with "train".
 
 - classification: one large shape on a plain background; the answer is its shape name.
-- colour: the same images; the answer is the shape's colour (red / green / blue), an easier
-  visual question than the shape (the colour shows in every patch the shape covers).
+- colour (the demo's task): the same draws on a card of the shape's colour, the shape a darker
+  shade of it; the answer is the colour (red / green / blue). The colour fills every patch, so
+  the patch embedding sees the class in every image token: a tiny random-init model learns to
+  read it in a few dozen steps (the shape, and a coloured shape on gray, it does not in 120
+  SFT steps: the class-token log-probs stay independent of the image).
 - detection: "Detect all objects belonging to the category 'red circle'": 0 to 3 targets plus
   distractors of another colour or shape; boxes in 0..1000 ints, "No Objects" when there are none.
 """
@@ -84,18 +87,23 @@ class SyntheticShapes:
             return self._classification(rng, index)
         return self._detection(rng, index)
 
-    def _canvas(self):
-        image = Image.new("RGB", (self.size, self.size), BACKGROUND)
+    def _canvas(self, background=BACKGROUND):
+        image = Image.new("RGB", (self.size, self.size), background)
         return image, ImageDraw.Draw(image)
 
     def _classification(self, rng, index) -> Example:
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        image, draw = self._canvas()
+        by_colour = self.task == "colour"
+        fill = COLOURS[colour]
+        if by_colour:  # card and shape in the colour (shape darker, so it stays visible)
+            image, draw = self._canvas(fill)
+            fill = tuple(v * 3 // 5 for v in fill)
+        else:
+            image, draw = self._canvas()
         side = int(rng.integers(self.size // 2, self.size * 7 // 8))
         box = _free_box(rng, self.size, side, [])
-        draw_shape(draw, shape, box, COLOURS[colour])
-        by_colour = self.task == "colour"
+        draw_shape(draw, shape, box, fill)
         name = colour if by_colour else shape
         return Example(
             image=image,
