@@ -193,11 +193,11 @@ def left_pad(rows, pad_id: int = PAD):
     return ids, mask
 
 
-def random_pixels(rng, grids):
-    """pixel_values float32 [sum t*h*w, 1176] (N(0,1), like normalised pixels) and grid int64 [I,
-    3]."""
+def random_pixels(rng, grids, patch_dim: int = 1176):
+    """pixel_values float32 [sum t*h*w, patch_dim] (N(0,1), like normalised pixels; 1176 for
+    14-px patches, 1536 for Qwen3-VL's 16-px) and grid int64 [I, 3]."""
     total = sum(t * h * w for t, h, w in grids)
-    return rng.standard_normal((total, 1176)).astype(np.float32), np.asarray(grids, np.int64)
+    return rng.standard_normal((total, patch_dim)).astype(np.float32), np.asarray(grids, np.int64)
 
 
 def rescale_params_(model, seed: int = 0):

@@ -7,7 +7,6 @@ position grid, which the test images' grids (4 x 10, 8 x 4, ...) undershoot and 
 Token ids and vocabulary are the real tokenizer's (tiny_hf's helpers build the prompts).
 """
 
-import numpy as np
 import tiny_hf
 
 PATCH_DIM = 3 * 2 * 16 * 16
@@ -103,8 +102,7 @@ def make_tiny_hf(path=None, *, tie: bool = True, seed: int = 0, **overrides):
 
 def random_pixels(rng, grids):
     """pixel_values float32 [sum t*h*w, 1536] and image_grid_thw int64 [I, 3]."""
-    total = sum(t * h * w for t, h, w in grids)
-    return rng.standard_normal((total, PATCH_DIM)).astype(np.float32), np.asarray(grids, np.int64)
+    return tiny_hf.random_pixels(rng, grids, PATCH_DIM)
 
 
 def mixed_batch(rng):
