@@ -110,16 +110,53 @@ def test_adapted_forward_equals_the_merged_weights(trained):
     assert float(jnp.abs(base - want).max()) / scale > 1e-2  # the adapters do change the model
 
 
-def test_rank_zero_is_full_fine_tuning():
-    config = make_config()
-    assert config.lora.rank == 0
+def _full_fine_tuning_programs(config):
+    """The trainer's set-up (train._run) for `config` on one device -> (lora_setup's result, the
+    train state's params, the lowered GRPO update and log-prob programs as text)."""
     graphdef, params = model_params()
     mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
-    assert model_setup.lora_setup(config, params, mesh, {}) is None
-    # The full fine-tuning state: every parameter, float32 masters.
-    tx, _ = optim.make_optimizer(config.optim, 10, params)
-    state, _ = steps.make_train_state(params, tx, mesh, ())
-    assert jax.tree.structure(state["params"]) == jax.tree.structure(nnx.to_pure_dict(params))
+    run = model_setup.lora_setup(config, params, mesh, {})
+    tx, schedule = optim.make_optimizer(config.optim, 10, params)
+    state, shardings = steps.make_train_state(params, tx, mesh, ())
+    fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings, run)
+    batch = steps.place_batch(make_batch(), mesh)
+    lp_batch = {k: v for k, v in batch.items() if k in steps.PROMPT_KEYS or k == "completion_ids"}
+    batch["ref_logps"] = jnp.zeros(batch["completion_ids"].shape)
+    programs = (
+        fns.update_grpo_jit.lower(state, batch, fns.base).as_text(),
+        fns._logprobs.lower(state["params"], lp_batch, 2, fns.base).as_text(),
+    )
+    return run, state["params"], programs
+
+
+def test_rank_zero_is_full_fine_tuning_whatever_the_other_lora_fields():
+    """lora.rank 0 with alpha and targets set (targets matching no weight, which rank > 0 would
+    reject) runs today's full fine-tuning path: float32 master weights loaded (not the compute
+    dtype of a LoRA base), no LoraRun, every parameter in the train state, and the same GRPO
+    update and log-prob programs, op for op, as a config without any lora field (so the same
+    update bit for bit). A quantised base or a PEFT init without adapters is an error, not
+    silently full fine-tuning."""
+    plain = make_config(beta=0.04)
+    fields = make_config(beta=0.04)
+    fields.lora.alpha, fields.lora.targets = 3.0, "^nothing/"
+    for c in (plain, fields):
+        c.model.preset, c.model.compute_dtype = "tiny", "bfloat16"
+        abstract = nnx.eval_shape(lambda c=c: model_setup.build_model(c))
+        dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))}
+        assert dtypes == {np.dtype("float32")}
+    plain.model.compute_dtype = fields.model.compute_dtype = "float32"  # as model_params() runs
+    run_plain, params, want = _full_fine_tuning_programs(plain)
+    run_fields, got_params, got = _full_fine_tuning_programs(fields)
+    assert run_plain is None and run_fields is None
+    full = nnx.to_pure_dict(model_params()[1])
+    assert jax.tree.structure(got_params) == jax.tree.structure(params) == jax.tree.structure(full)
+    assert got == want
+    assert "lora" not in want[0]
+    for field, value in (("quantize", "int8"), ("init", "/some/peft")):
+        bad = make_config()
+        bad.lora[field] = value
+        with pytest.raises(ValueError, match="set config.lora.rank > 0"):
+            lora.check_config(bad.lora)
 
 
 @pytest.mark.parametrize("name", ["fsdp4_tensor2"])
