@@ -17,12 +17,14 @@ Jobs:
         checkpoints, final evaluation) in two launches: steps 1..steps-1, then a restart that
         resumes from the workdir's checkpoint (rebuilding the reference by rerunning the warm-up)
         and runs the last step. The metrics of every step and the final checkpoint's parameters
-        are compared.
+        are compared. The first launch then runs `steps` supervised steps of a QLoRA run
+        (LORA_OVERRIDES: int8 base, rank-4 adapters) in its own workdir, compared the same way.
   toy:  a few SGD steps of a sharded linear model (the distributed runtime alone).
 
 Cost: compiling dominates, so the single-process launches share one persistent compile cache
 (JAX_COMPILATION_CACHE_DIR, default DIR/jit_cache; every program cached) and the restart compiles
-nothing. The two-process launches compile for themselves (see `_start`).
+nothing. The two-process launches compile for themselves (see `_start`). The QLoRA run shares
+the first launch's process: start-up, the distributed runtime and the sampler's programs.
 """
 
 import argparse
@@ -65,7 +67,10 @@ GRAD_RTOL = 1e-3
 
 # Config overrides of configs/demo.py for the GRPO job: tiny shapes, the demo's settings otherwise
 # (mu 1, AdamW with clipping). The random model earns no reward, so the GRPO gradients are 0 and
-# only the SFT warm-up step moves the weights. Not beta 0.04 with its bfloat16 reference: the KL
+# only the SFT warm-up step moves the weights. Giving the GRPO steps signal takes a far longer
+# warm-up: measured 2026-12-02, after 20 warm-up steps at lr 1e-2 (or 8 at 5e-2, sampling at
+# temperature 0.7) every sampled completion still scored 0 (fragments like "<greenanswer</>");
+# the demo warms up for 70 steps, minutes here. Not beta 0.04 with its bfloat16 reference: the KL
 # gradient is then at the rounding floor (policy = reference up to bfloat16, grad norm 2.5e-5 over
 # 9.9M weights), where AdamW's normalisation turns reordering noise into whole steps (measured:
 # parameters 1.7e-3 apart after two steps at lr 1e-3), which tests AdamW, not the multi-host path.
@@ -88,6 +93,23 @@ GRPO_OVERRIDES = {
     "sft.warmup_steps": 1,  # a supervised step first: moves the weights and compiles the SFT step
     "ckpt.every": 1,
     "mesh": (("data", 2), ("fsdp", -1), ("tensor", 1)),  # batch over both axes: 8 ways
+}
+# QLoRA (vrft_jax/lora.py): int8 base of the decoder's projections, sharded like the weights
+# (per-channel scales on the output axes), rank-4 adapters; supervised steps, the one LoRA
+# program whose gradients are not 0 here (GRPO's are, without reward; the LoRA GRPO update
+# differs from it only in the loss). Step 1 moves B only (A's gradient is 0 while B = 0), step 2
+# A too, so both are compared; the final evaluation decodes with the adapters merged into the
+# sharded weights. One launch, no restart: a LoRA GRPO update and a restart would each add a
+# two-process compile (~40 s); the LoRA restart is checked bit for bit in one process
+# (tests/test_lora_run.py).
+LORA_WORKDIR = "workdir_lora"
+LORA_OVERRIDES = {
+    **GRPO_OVERRIDES,
+    "trainer": "sft",
+    "sft.warmup_steps": 0,
+    "lora.rank": 4,
+    "lora.alpha": 8.0,
+    "lora.quantize": "int8",
 }
 
 
@@ -143,24 +165,30 @@ def toy_job(steps: int, out: str) -> None:
     _write(out, metrics, {"w": _gather(w)})
 
 
-def grpo_job(steps: int, out: str) -> None:
-    """`train.run` on the demo config with GRPO_OVERRIDES for `steps` steps, in `out/workdir`.
+def grpo_job(steps: int, out: str, lora_steps: int = 0) -> None:
+    """`train.run` on the demo config with GRPO_OVERRIDES for `steps` steps, in `out/workdir`;
+    then, when lora_steps > 0, LORA_OVERRIDES (QLoRA) for lora_steps in `out/workdir_lora`.
 
     Called twice by the driver (steps - 1, then steps): the second call resumes from the
     workdir's checkpoint. The metrics are read back from workdir/metrics.jsonl and the final
     parameters from the last checkpoint (`_checkpoint_params`): the check relies only on the
-    trainer's files.
+    trainer's files. The LoRA run shares the first launch's process (start-up, the distributed
+    runtime and the sampler's compiled programs: its merged weights have the full run's shapes).
     """
     sys.path.insert(0, REPO)
     from configs import demo
     from vrft_jax import train
 
-    config = demo.get_config()
-    config.total_steps = steps
-    for dotted, value in GRPO_OVERRIDES.items():
-        _set_field(config, dotted, value)
-    config.lock()
-    train.run(config, os.path.join(out, "workdir"))
+    runs = [("workdir", GRPO_OVERRIDES, steps)]
+    if lora_steps:
+        runs.append((LORA_WORKDIR, LORA_OVERRIDES, lora_steps))
+    for workdir, overrides, total in runs:
+        config = demo.get_config()
+        config.total_steps = total
+        for dotted, value in overrides.items():
+            _set_field(config, dotted, value)
+        config.lock()
+        train.run(config, os.path.join(out, workdir))
 
 
 def _set_field(config, dotted: str, value) -> None:
@@ -198,9 +226,10 @@ def _metrics_jsonl(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _load_run(run_dir: str):
-    """(metrics, {path: params array}) of a toy run (metrics.json, params.npz) or a grpo run."""
-    workdir = os.path.join(run_dir, "workdir")
+def _load_run(run_dir: str, workdir: str = "workdir"):
+    """(metrics, {path: params array}) of a toy run (metrics.json, params.npz) or a grpo run (its
+    `workdir`)."""
+    workdir = os.path.join(run_dir, workdir)
     if os.path.isdir(workdir):
         return _metrics_jsonl(workdir), _checkpoint_params(workdir)
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
@@ -234,7 +263,10 @@ def worker(args) -> None:
         f"{jax.local_device_count()} local, {jax.device_count()} global devices",
         flush=True,
     )
-    {"toy": toy_job, "grpo": grpo_job}[args.job](args.steps, args.out)
+    if args.job == "grpo":
+        grpo_job(args.steps, args.out, args.lora_steps)
+    else:
+        toy_job(args.steps, args.out)
 
 
 # ---- Driver -------------------------------------------------------------------------------------
@@ -246,7 +278,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(job, steps, out, devices, coordinator="", process_id=0, log=None):
+def _start(job, steps, out, devices, coordinator="", process_id=0, log=None, lora_steps=0):
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -263,11 +295,13 @@ def _start(job, steps, out, devices, coordinator="", process_id=0, log=None):
         # Not for the two-process runs: only process 0 writes the cache and process 1 misses it,
         # so on a restart process 0 runs ahead by process 1's compile time and the first
         # collective's gloo set-up gives up after its fixed 30 s (measured: 7 s vs 41 s for the
-        # warm-up step). Both processes compile, in step.
+        # warm-up step). Both processes compile, in step. (jax_share_binary_between_hosts, where
+        # process 0 hands each binary to process 1, hung in the toy job on jax 0.10.2: process 1
+        # waited for a binary that never came and process 0 timed out in gloo's set-up.)
         env.pop("JAX_COMPILATION_CACHE_DIR")
         env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--job", job]
-    cmd += ["--steps", str(steps), "--out", out]
+    cmd += ["--steps", str(steps), "--out", out, "--lora_steps", str(lora_steps)]
     if coordinator:
         cmd += ["--coordinator", coordinator, "--process_id", str(process_id)]
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -295,8 +329,9 @@ def run_check(job: str = "grpo", steps: int = 2, out: str | None = None, timeout
 
     grpo runs in two launches each (steps - 1 steps, then a resumed restart to `steps`); toy in
     one. report: {"job", "steps", "metrics": {key: max abs diff}, "params": {"max_abs_diff",
-    "max_rel_diff", "num_arrays"}, "single_metrics": [...], "multi_metrics": [...], "match": bool,
-    "seconds": {...}, "out"}.
+    "max_rel_diff", "num_arrays", "names"}, "single_metrics": [...], "multi_metrics": [...],
+    "match": bool, "seconds": {...}, "out"}; grpo also "lora": the QLoRA run's compare() (`steps`
+    supervised steps in the first launch; its "match" is part of the report's).
     """
     out = out or tempfile.mkdtemp(prefix="vrft_multiprocess_")
     runs = {"single": os.path.join(out, "single"), "multi": os.path.join(out, "multi")}
@@ -308,18 +343,19 @@ def run_check(job: str = "grpo", steps: int = 2, out: str | None = None, timeout
     for run in ("single", "multi"):
         for k, total in enumerate(launches):
             tag = run if k == 0 else f"{run}_resume"
+            lora = steps if job == "grpo" and k == 0 else 0  # the QLoRA run: first launch
             start = time.time()
             if run == "single":
                 logs = {tag: os.path.join(out, f"{tag}.log")}
                 files = {tag: open(logs[tag], "w", encoding="utf-8")}  # noqa: SIM115
-                procs = {tag: _start(job, total, runs[run], 8, log=files[tag])}
+                procs = {tag: _start(job, total, runs[run], 8, log=files[tag], lora_steps=lora)}
             else:
                 coordinator = f"127.0.0.1:{_free_port()}"
                 names = [f"{tag}_p{i}" for i in range(2)]
                 logs = {n: os.path.join(out, f"{n}.log") for n in names}
                 files = {n: open(logs[n], "w", encoding="utf-8") for n in names}  # noqa: SIM115
                 procs = {
-                    n: _start(job, total, runs[run], 4, coordinator, i, files[n])
+                    n: _start(job, total, runs[run], 4, coordinator, i, files[n], lora)
                     for i, n in enumerate(names)
                 }
             try:
@@ -329,14 +365,18 @@ def run_check(job: str = "grpo", steps: int = 2, out: str | None = None, timeout
                     f.close()
             seconds[tag] = round(time.time() - start, 1)
     report = compare(runs["single"], runs["multi"])
+    if job == "grpo":
+        report["lora"] = compare(runs["single"], runs["multi"], LORA_WORKDIR)
+        report["match"] = report["match"] and report["lora"]["match"]
     report.update(job=job, steps=steps, seconds=seconds, out=out)
     return report
 
 
-def compare(single_dir: str, multi_dir: str) -> dict:
-    """Per-step metric and final-parameter differences between two run folders."""
-    single, p_single = _load_run(single_dir)
-    multi, p_multi = _load_run(multi_dir)
+def compare(single_dir: str, multi_dir: str, workdir: str = "workdir") -> dict:
+    """Per-step metric and final-parameter differences between two run folders (grpo: between
+    their `workdir`s)."""
+    single, p_single = _load_run(single_dir, workdir)
+    multi, p_multi = _load_run(multi_dir, workdir)
     metric_diffs, ok = {}, len(single) == len(multi) and len(single) > 0
     for a, b in zip(single, multi):
         for key, value in a.items():
@@ -368,7 +408,12 @@ def compare(single_dir: str, multi_dir: str) -> dict:
     return {
         "match": bool(ok),
         "metrics": metric_diffs,
-        "params": {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "num_arrays": len(p_single)},
+        "params": {
+            "max_abs_diff": max_abs,
+            "max_rel_diff": max_rel,
+            "num_arrays": len(p_single),
+            "names": sorted(p_single),
+        },
         "single_metrics": single,
         "multi_metrics": multi,
     }
@@ -397,17 +442,26 @@ def main(argv=None) -> int:
     parser.add_argument("--coordinator", default="", help=argparse.SUPPRESS)
     parser.add_argument("--process_id", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--num_processes", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--lora_steps", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
     report = run_check(args.job, args.steps, args.out or None, args.timeout_s)
-    for a, b in zip(report["single_metrics"], report["multi_metrics"]):
-        if "loss" not in a:
+    for name, part in (("", report), ("lora ", report.get("lora"))):
+        if part is None:
             continue
-        shown = [k for k in ("loss", "reward/total_mean", "entropy", "grad_norm") if k in a]
-        print(f"step {a.get('step')}: " + ", ".join(f"{k} {a[k]:.6g} vs {b.get(k)}" for k in shown))
-    print(json.dumps({k: report[k] for k in ("job", "steps", "match", "metrics", "params")}))
+        for a, b in zip(part["single_metrics"], part["multi_metrics"]):
+            if "loss" not in a:
+                continue
+            keys = ("loss", "reward/total_mean", "reward/total_std", "entropy", "grad_norm")
+            shown = ", ".join(f"{k} {a[k]:.6g} vs {b.get(k)}" for k in keys if k in a)
+            print(f"{name}step {a.get('step')}: {shown}")
+        params = {k: v for k, v in part["params"].items() if k != "names"}
+        print(
+            name
+            + json.dumps({"match": part["match"], "metrics": part["metrics"], "params": params})
+        )
     print(f"seconds: {report['seconds']}; runs and logs in {report['out']}")
     print("MATCH" if report["match"] else "MISMATCH")
     return 0 if report["match"] else 1

@@ -63,16 +63,24 @@ def test_compare_flags_a_difference(tmp_path):
 def test_two_processes_match_one_grpo(tmp_path):
     """Two GRPO steps of the demo (tiny model, SFT warm-up step, checkpoint every step), the
     second after a restart that resumes from the checkpoint: the same metrics per step and the
-    same final parameters on 2 processes x 4 devices as on 1 x 8.
+    same final parameters on 2 processes x 4 devices as on 1 x 8. Then two supervised QLoRA steps
+    (int8 base, rank-4 adapters) in the first launch, compared the same way.
     `python bench/multiprocess_check.py` runs the same."""
     report = check.run_check("grpo", steps=2, out=str(tmp_path), timeout_s=900)
     print("multiprocess grpo check, seconds per launch:", report["seconds"])
     _assert_match(report, 2)
+    _assert_match(report["lora"], 2)
     for key in ("loss", "entropy", "grad_norm", "reward/total_mean", "completion_length"):
         assert key in report["metrics"], (key, report["metrics"])
-    for rows in (report["single_metrics"], report["multi_metrics"]):
-        steps = [row for row in rows if "loss" in row]
-        assert [row["step"] for row in steps] == [1, 2]  # the restart resumed at step 1
+    for part in (report, report["lora"]):
+        for rows in (part["single_metrics"], part["multi_metrics"]):
+            steps = [row for row in rows if "loss" in row]
+            assert [row["step"] for row in steps] == [1, 2]  # grpo: the restart resumed at step 1
     # The completions were decoded on every host from the gathered rows; process 0 logged them.
     samples = (tmp_path / "multi" / "workdir" / "samples.jsonl").read_text().splitlines()
     assert {json.loads(line)["step"] for line in samples} == {1, 2}
+    # QLoRA: real gradients at both steps, checkpoints of the adapters only (an A and a B per
+    # adapted projection, stacked over the layers: q, k, v, o, gate, up, down).
+    assert all(row["grad_norm"] > 0 for row in report["lora"]["single_metrics"] if "loss" in row)
+    names = report["lora"]["params"]["names"]
+    assert len(names) == 2 * 7 and all(n.endswith(("['a']", "['b']")) for n in names), names
