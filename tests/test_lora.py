@@ -5,6 +5,8 @@ In-process on the tiny model of test_train_step (512-token vocabulary); the trai
 export and PEFT round trip with real runs are in test_lora_run.py.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,6 +110,25 @@ def test_adapted_forward_equals_the_merged_weights(trained):
     scale = float(jnp.abs(want).max())
     assert float(jnp.abs(adapted - want).max()) / scale <= 1e-5
     assert float(jnp.abs(base - want).max()) / scale > 1e-2  # the adapters do change the model
+    _assert_sampler_weights_are_the_merge(run, adapters)
+
+
+def _assert_sampler_weights_are_the_merge(run, adapters):
+    """The sampler's weights (model_setup.make_generate_fn: the jitted merge_targets put into the
+    base) equal a jitted lora.merge bit for bit, and its other parameters are the base's own
+    arrays (not copied each rollout)."""
+    dtype = jnp.float32
+    merge_targets = jax.jit(functools.partial(lora.merge_targets, spec=run.spec, dtype=dtype))
+    got = lora.with_targets(run.base, merge_targets(run.base, adapters), run.spec)
+    want = jax.jit(functools.partial(lora.merge, spec=run.spec, dtype=dtype))(run.base, adapters)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    targets = {t.path for t in run.spec.targets}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(got):
+        keys = tuple(str(p.key) for p in path)
+        if keys not in targets:
+            assert leaf is lora._get(run.base, keys), keys
 
 
 def _full_fine_tuning_programs(config):
@@ -207,6 +228,7 @@ def test_int8_base_is_close_to_the_float_base_and_trains_only_adapters():
         np.testing.assert_array_equal(a, b)
     b = lora._get(host(state["params"]), ("language_model", "layers", "q_kernel"))["b"]
     assert np.abs(b).max() > 0
+    _assert_sampler_weights_are_the_merge(run, host(state["params"]))
 
 
 def test_targets_matching_nothing_names_real_paths():

@@ -342,7 +342,8 @@ def attach(base, adapters, spec: LoraSpec):
 
 def merge(base, adapters, spec: LoraSpec, dtype):
     """Plain arrays in `dtype`: every target's effective weight (dequantised base + delta), the
-    other params cast. What the sampler decodes with and what export writes."""
+    other params cast. What export writes; the sampler decodes with the same values
+    (merge_targets + with_targets)."""
     from vrft_jax.policy import cast_params
 
     tree = attach(base, adapters, spec)
@@ -352,6 +353,23 @@ def merge(base, adapters, spec: LoraSpec, dtype):
         is_leaf=lambda x: isinstance(x, Adapted),
     )
     return cast_params(merged, dtype)
+
+
+def merge_targets(base, adapters, spec: LoraSpec, dtype) -> dict:
+    """{target key: its effective weight in `dtype`} (dequantised base + delta). Jitted by the
+    sampler, which puts them into the base with `with_targets`: a jitted `merge` would also copy
+    every other parameter (embedding, vision tower) into new buffers, each rollout."""
+    tree = attach(base, adapters, spec)
+    return {t.key: _get(tree, t.path).astype(dtype) for t in spec.targets}  # as `merge` does
+
+
+def with_targets(base, targets: dict, spec: LoraSpec):
+    """`base` (its other leaves already in the compute dtype, as make_base leaves them) with each
+    target replaced by targets[key]: the model's params, sharing the base's arrays."""
+    out = base
+    for t in spec.targets:
+        out = _replace(out, t.path, targets[t.key])
+    return out
 
 
 def is_zero_delta(adapters) -> bool:

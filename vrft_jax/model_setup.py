@@ -16,7 +16,8 @@ the frozen base (int8 targets with lora.quantize="int8"); the train state holds 
 The sampler decodes with the adapters merged into a compute-dtype copy made once per rollout
 (`make_generate_fn`): the decode loop fuses q/k/v and gate/up per layer (Decoder.split_layers) and
 runs C steps per rollout, so one merge per rollout is cheaper than adding the two rank-r matmuls
-(and int8 dequantisation) to every projection of every decode step. The reference is the base with
+(and int8 dequantisation) to every projection of every decode step (bench/lora_decode.py; the
+numbers are in docs/ARCHITECTURE.md). The reference is the base with
 the adapters off (`{}`), no second copy of the weights, unless the start adapters are not zero
 (an SFT warm-up or lora.init): then a copy of those (megabytes).
 """
@@ -162,13 +163,14 @@ def make_generate_fn(graphdef, model_config, config, lora_run=None):
     """params -> generate(input_ids, attention_mask, pixel_values, image_grid_thw, **sampling),
     the sampler bound to a compute-dtype copy of those params (one jitted cast per call, i.e. per
     rollout or evaluation; the copy is freed with the returned function). Compiled sampler
-    programs are shared across params. With `lora_run` params are adapters, merged into that
-    copy (lora.merge)."""
+    programs are shared across params. With `lora_run` params are adapters: only the targets'
+    effective weights are new arrays (lora.merge_targets), the rest is the base's."""
     compute = jnp.dtype(config.model.compute_dtype)
     to_compute = jax.jit(functools.partial(policy.cast_params, dtype=compute))
     if lora_run is not None:
-        merge = jax.jit(functools.partial(lora.merge, spec=lora_run.spec, dtype=compute))
-        to_compute = lambda adapters: merge(lora_run.base, adapters)  # noqa: E731
+        spec, base = lora_run.spec, lora_run.base
+        merge = jax.jit(functools.partial(lora.merge_targets, spec=spec, dtype=compute))
+        to_compute = lambda adapters: lora.with_targets(base, merge(base, adapters), spec)  # noqa: E731
     options = dict(
         prompt_buckets=tuple(config.input.prompt_buckets),
         patch_buckets=tuple(config.input.patch_buckets),
