@@ -32,7 +32,15 @@ print("imported", " ".join(loaded))
 
 
 def test_gpu_benchmarks_import_without_data_and_eval_packages():
-    benches = ["rollout", "vision_layouts", "decode_cost", "train_step", "grpo_step", "summary"]
+    benches = [
+        "rollout",
+        "vision_layouts",
+        "decode_cost",
+        "train_step",
+        "grpo_step",
+        "summary",
+        "lora_decode",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["XLA_FLAGS"] = ""  # one CPU device is enough to import
     proc = subprocess.run(
