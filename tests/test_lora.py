@@ -171,8 +171,7 @@ def test_rank_zero_is_full_fine_tuning_whatever_the_other_lora_fields():
     assert run_plain is None and run_fields is None
     full = nnx.to_pure_dict(model_params()[1])
     assert jax.tree.structure(got_params) == jax.tree.structure(params) == jax.tree.structure(full)
-    assert got == want
-    assert "lora" not in want[0]
+    assert got == want  # the StableHLO of both programs, every op and constant
     for field, value in (("quantize", "int8"), ("init", "/some/peft")):
         bad = make_config()
         bad.lora[field] = value
