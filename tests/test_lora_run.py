@@ -208,14 +208,12 @@ WARM = 2  # warm-up steps
 
 
 def full_warmup_config(total_steps):
-    """configs/demo.py:lora=RANK shrunk as the `runs` above (test_resume's settings): on their
-    2 devices (full_warmup_run), their GRPO, sampler and evaluation programs are the same, so
-    the persistent compilation cache has them; only the warm-up's is compiled anew."""
+    """configs/demo.py:lora=RANK shrunk as test_resume's runs (no sampled evaluation)."""
     c = demo.get_config(f"lora={RANK}")
     c.update_from_flattened_dict({
         **{k: v for k, v in test_resume.OVERRIDES.items() if k != "sft.warmup_steps"},
         "total_steps": total_steps, "sft.warmup_steps": WARM, "sft.think": "",
-        "ckpt.every": 1, "ckpt.keep": 5,
+        "eval.num_samples": 0, "ckpt.every": 1, "ckpt.keep": 5,
     })  # fmt: skip
     return c
 
@@ -232,10 +230,10 @@ def full_warmup_run(tmp_path_factory):
         sessions.append(model_setup.lora_setup(*args, **kwargs))
         return sessions[-1]
 
-    two_devices = functools.partial(sharding.make_mesh, devices=jax.devices()[:2])
+    one_device = functools.partial(sharding.make_mesh, devices=jax.devices()[:1])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "lora_setup", kept)
-        patch.setattr(train.sharding, "make_mesh", two_devices)  # as test_resume's subprocesses
+        patch.setattr(train.sharding, "make_mesh", one_device)  # the cheapest programs
         for total in (1, 2):
             config = full_warmup_config(total)
             config_utils.write_config_json(config, workdir)  # as vrft_jax.main does
