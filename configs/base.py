@@ -165,6 +165,11 @@ def get_config(arg=None):
     c.lora.targets = r"^language_model/layers/\w+_kernel$"
     c.lora.quantize = "none"  # QLoRA: "int8" stores the targets' base per-channel int8
     c.lora.init = ""  # a PEFT adapter folder to start from (adapter_config.json + safetensors)
+    # True: the SFT warm-up (sft.warmup_steps > 0, GRPO) trains every weight (float32 master, as
+    # without LoRA) and its result becomes the frozen base; GRPO then trains fresh adapters on
+    # it (reference: that base, KL 0 at the start). For a model whose output layer does not yet
+    # know the answer tokens (the random demo model). Resume reads the base back from warmup/.
+    c.lora.full_warmup = False
 
     # ---- Mesh and sharding ----------------------------------------------------------------------
     # Axis sizes; -1 takes the remaining devices. The batch splits over data x fsdp.

@@ -2,8 +2,11 @@
 a run started from a PEFT adapter folder (lora.init), killed with SIGKILL and resumed, ends bit
 for bit like an uninterrupted one; its checkpoints hold only the adapters; export writes the merged
 model (transformers) and a PEFT folder (peft) with the same logits; bad input fails first.
+lora.full_warmup (`configs/demo.py:lora=R`, train.run in process, then resumed): the warm-up's
+weights are the base, GRPO trains only the adapters from KL 0, export uses that base.
 """
 
+import functools
 import json
 import os
 import signal
@@ -16,8 +19,9 @@ import test_resume
 import tiny_hf
 from flax import nnx
 
-from configs import base
-from vrft_jax import hf, lora, model_setup, peft_io, sharding
+from configs import base, demo
+from vrft_jax import config_utils, hf, lora, model_setup, peft_io, policy, sft, sharding, train
+from vrft_jax.checkpoint import CheckpointError
 from vrft_jax.tools import export_hf as export_lib
 
 RANK, ALPHA, STEPS = 4, 8.0, 3
@@ -196,3 +200,144 @@ def test_peft_folder_of_another_rank_or_base_fails_before_training(peft_init, tm
         model_setup.lora_setup(config, params, mesh, {})
     cfg_json = json.load(open(other / "adapter_config.json"))
     assert cfg_json["r"] == RANK and cfg_json["peft_type"] == "LORA"
+
+
+# ---- lora.full_warmup: the SFT warm-up trains every weight and becomes the frozen base -----------
+
+WARM = 2  # warm-up steps
+
+
+def full_warmup_config(total_steps):
+    """configs/demo.py:lora=RANK shrunk as test_resume's runs (no sampled evaluation)."""
+    c = demo.get_config(f"lora={RANK}")
+    c.update_from_flattened_dict({
+        **{k: v for k, v in test_resume.OVERRIDES.items() if k != "sft.warmup_steps"},
+        "total_steps": total_steps, "sft.warmup_steps": WARM, "sft.think": "",
+        "eval.num_samples": 0, "ckpt.every": 1, "ckpt.keep": 5,
+    })  # fmt: skip
+    return c
+
+
+@pytest.fixture(scope="module")
+def full_warmup_run(tmp_path_factory):
+    """(workdir, [LoraRun of each session]): 1 GRPO step, then the same workdir with
+    total_steps 2 (a resume from the step-1 checkpoint). A LoraRun's base is the one its steps
+    used (model_setup.rebase replaces it in place)."""
+    workdir = str(tmp_path_factory.mktemp("full_warmup"))
+    sessions = []
+
+    def kept(*args, **kwargs):
+        sessions.append(model_setup.lora_setup(*args, **kwargs))
+        return sessions[-1]
+
+    one_device = functools.partial(sharding.make_mesh, devices=jax.devices()[:1])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "lora_setup", kept)
+        patch.setattr(train.sharding, "make_mesh", one_device)  # the cheapest programs
+        for total in (1, 2):
+            config = full_warmup_config(total)
+            config_utils.write_config_json(config, workdir)  # as vrft_jax.main does
+            train.run(config, workdir)
+    return workdir, sessions
+
+
+def _warmed(workdir):
+    """The warm-up's final master weights (workdir/warmup/) as host arrays, and the initial ones."""
+    config = full_warmup_config(2)
+    initial = nnx.to_pure_dict(nnx.state(model_setup.build_model(config), nnx.Param))
+    return export_lib._read_params(export_lib.warmup_dir(workdir, config), initial), initial
+
+
+def test_full_warmup_base_is_the_warmed_up_model_also_after_resume(full_warmup_run):
+    workdir, sessions = full_warmup_run
+    assert len(sessions) == 2
+    warmed, initial = _warmed(workdir)
+    # Every weight trained, also the tied embedding / output layer that no adapter reaches.
+    embed = ("language_model", "embed_tokens")
+    assert not np.array_equal(lora._get(warmed, embed), lora._get(initial, embed))
+    want = policy.cast_params(warmed, "float32")  # the compute dtype
+    # The first session's base after its GRPO step (never trained, never donated) and the
+    # resumed session's, read back from workdir/warmup/, are both exactly the warm-up's weights.
+    for run in sessions:
+        test_resume._assert_trees_equal(jax.device_get(run.base), jax.device_get(want))
+
+
+def test_full_warmup_grpo_trains_fresh_adapters_from_kl_0(full_warmup_run):
+    workdir, sessions = full_warmup_run
+    metrics = test_resume._metrics_by_step(workdir)
+    assert sorted(metrics) == [1, 2]  # the resume continued at step 2
+    assert metrics[1]["kl"] == 0.0  # reference = the base with the adapters off = the policy
+    fresh = nnx.to_pure_dict(lora.init_adapters(sessions[0].spec, 42))
+    saved = {s: test_resume._read_state(workdir, s)["params"] for s in (1, 2)}
+    for step in (1, 2):  # only adapters are saved, and they move from B = 0
+        assert jax.tree.structure(saved[step]) == jax.tree.structure(fresh)
+        b = lora._get(saved[step], sessions[0].spec.targets[0].path)["b"]
+        assert np.abs(b).max() > 0, step
+    # The start adapters are fresh (B = 0): the reference is the base itself, adapters off.
+    assert model_setup.reference_params(full_warmup_config(2), fresh, sessions[0]) == {}
+
+
+def test_full_warmup_export_uses_the_warmed_up_base(full_warmup_run, tmp_path):
+    workdir, sessions = full_warmup_run
+    warmed, _ = _warmed(workdir)
+    model, spec, adapters, step = export_lib.restore_lora(workdir)
+    assert step == 2
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    test_resume._assert_trees_equal(jax.device_get(params), warmed)
+    # Merged export: the warmed-up base + the step-2 adapters.
+    out = export_lib.export_hf(workdir, tmp_path / "merged")
+    exported = nnx.to_pure_dict(nnx.state(hf.load_model(out), nnx.Param))
+    want = lora.merge(lora.make_base(warmed, spec, "float32"), adapters, spec, np.float32)
+    test_resume._assert_trees_equal(jax.device_get(exported), jax.device_get(want))
+    # --adapter_only: the PEFT folder and the base it sits on, OUT/base/ (no Hugging Face folder
+    # holds the warm-up's weights).
+    out = export_lib.export_hf(workdir, tmp_path / "adapters", adapter_only=True)
+    base_dir = os.path.join(out, export_lib.BASE_SUBDIR)
+    exported = nnx.to_pure_dict(nnx.state(hf.load_model(base_dir), nnx.Param))
+    test_resume._assert_trees_equal(jax.device_get(exported), warmed)
+    meta = json.load(open(os.path.join(out, peft_io.CONFIG_FILE)))
+    assert meta["base_model_name_or_path"] == base_dir
+    config = full_warmup_config(2)
+    read = peft_io.read_adapters(out, spec, lora.init_adapters(spec, 0), config)
+    test_resume._assert_trees_equal(jax.device_get(nnx.to_pure_dict(read)), adapters)
+
+
+@pytest.mark.parametrize(
+    "fields, names",
+    [
+        ({"lora.rank": 0}, "config.lora.rank > 0"),
+        ({"sft.warmup_steps": 0}, "config.sft.warmup_steps > 0"),
+        ({"trainer": "sft"}, "trainer='sft'"),
+        ({"lora.init": "/some/peft"}, "config.lora.init='/some/peft'"),
+    ],
+)
+def test_full_warmup_without_adapters_or_warmup_fails_naming_the_field(fields, names):
+    config = demo.get_config(f"lora={RANK}")
+    config.update_from_flattened_dict(fields)
+    errors = config_utils.check_values(config)  # vrft_jax.main: before any data or model
+    assert any("config.lora.full_warmup=True" in e and names in e for e in errors), errors
+    with pytest.raises(ValueError, match="config.lora.full_warmup=True"):
+        model_setup.build_model(config)  # train.run: before any model
+
+
+def test_full_warmup_resume_without_its_base_fails(tmp_path):
+    config = demo.get_config(f"lora={RANK}")
+    with pytest.raises(CheckpointError, match="not the base they were trained on"):
+        sft.full_warmup_base(config, None, None, None, None, None, None,
+                             workdir=str(tmp_path), guard=None, resumed=True)  # fmt: skip
+
+
+def test_demo_lora_argument_changes_only_lora_and_lr():
+    plain, adapted = demo.get_config(), demo.get_config("lora=8")
+    assert (adapted.lora.rank, adapted.lora.alpha, adapted.lora.full_warmup) == (8, 16.0, True)
+    flat = [dict(_flat(c.to_dict())) for c in (plain, adapted)]
+    changed = {k for k, v in flat[1].items() if flat[0][k] != v}
+    assert changed <= {"lora.rank", "lora.alpha", "lora.full_warmup", "optim.lr"}, changed
+
+
+def _flat(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

@@ -217,6 +217,13 @@ def _check_model(config) -> list[str]:
             get_preset(m.preset, attention=m.attention, remat=m.remat, vision_remat=m.vision_remat)
         except ValueError as e:
             errors.append(f"config.model: {e}")
+    from vrft_jax import lora
+
+    try:  # also checked where the model is built (model_setup.build_model)
+        lora.check_config(config.lora)
+        lora.check_full_warmup(config)
+    except ValueError as e:
+        errors.append(str(e))
     return errors
 
 

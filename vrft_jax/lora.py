@@ -100,6 +100,30 @@ def check_config(lora) -> None:
         )
 
 
+def check_full_warmup(config) -> None:
+    """config.lora.full_warmup (the SFT warm-up trains every weight; its result is the frozen
+    base of the adapters GRPO then trains) needs adapters, a GRPO warm-up and fresh adapters:
+    an error naming the fields otherwise."""
+    if not config.lora.full_warmup:
+        return
+    if not config.lora.rank:
+        raise ValueError(
+            "config.lora.full_warmup=True needs adapters: set config.lora.rank > 0 (without "
+            "LoRA the SFT warm-up already trains every weight)"
+        )
+    if config.trainer != "grpo" or config.sft.warmup_steps <= 0:
+        raise ValueError(
+            "config.lora.full_warmup=True needs an SFT warm-up before GRPO: set "
+            f"config.sft.warmup_steps > 0 with config.trainer='grpo' (now sft.warmup_steps="
+            f"{config.sft.warmup_steps}, trainer={config.trainer!r})"
+        )
+    if config.lora.init:
+        raise ValueError(
+            "config.lora.full_warmup=True starts fresh adapters on the warmed-up base; "
+            f"config.lora.init={config.lora.init!r} holds adapters trained on another base"
+        )
+
+
 def _input_axes(names) -> int:
     """How many leading axes of a (per-layer) weight are its input: a projection out of attention
     heads reads (heads, head_dim), every other weight reads one axis (the layers contract their

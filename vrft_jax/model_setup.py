@@ -13,6 +13,8 @@ small GPU); `master_precision_warning` says at start-up when lr is too small for
 
 LoRA (config.lora.rank > 0, `lora_setup`): the weights are loaded in the compute dtype and become
 the frozen base (int8 targets with lora.quantize="int8"); the train state holds float32 adapters.
+With lora.full_warmup the weights are loaded as master weights, the SFT warm-up trains them all,
+and its result replaces the base (`rebase`) before GRPO trains fresh adapters on it.
 The sampler decodes with the adapters merged into a compute-dtype copy made once per rollout
 (`make_generate_fn`): the decode loop fuses q/k/v and gate/up per layer (Decoder.split_layers) and
 runs C steps per rollout, so one merge per rollout is cheaper than adding the two rank-r matmuls
@@ -55,8 +57,11 @@ def build_model(config):
     m = config.model
     check_dtypes(m)
     lora.check_config(config.lora)
-    # LoRA: the weights are the frozen base, never trained: load them in the compute dtype.
-    dtype = m.compute_dtype if config.lora.rank else m.master_dtype
+    lora.check_full_warmup(config)
+    # LoRA: the weights are the frozen base, never trained: load them in the compute dtype
+    # (lora.full_warmup: the warm-up trains them first, in the master dtype).
+    frozen = config.lora.rank and not config.lora.full_warmup
+    dtype = m.compute_dtype if frozen else m.master_dtype
     kwargs = dict(
         prompt_buckets=tuple(config.input.prompt_buckets),
         patch_buckets=tuple(config.input.patch_buckets),
@@ -149,14 +154,27 @@ def lora_setup(config, params_state, mesh, rules) -> LoraRun | None:
         from vrft_jax import peft_io
 
         adapters = peft_io.read_adapters(config.lora.init, spec, adapters, config)
+    base = _make_base(config, spec, nnx.to_pure_dict(params_state), params_state, mesh, rules)
+    return LoraRun(spec, base, adapters)
+
+
+def rebase(lora_run, config, params, params_state, mesh, rules) -> None:
+    """lora.full_warmup: `lora_run.base` becomes `params` (the warmed-up master weights, pure
+    dict) made as lora_setup makes it (compute dtype, int8 targets with lora.quantize). In place:
+    the train steps and the sampler read the base from this LoraRun at each call."""
+    lora_run.base = None  # the initial base is freed before the new one is made
+    lora_run.base = _make_base(config, lora_run.spec, params, params_state, mesh, rules)
+
+
+def _make_base(config, spec, params, params_state, mesh, rules):
+    """lora.make_base of `params` (pure dict), placed as the model's params (`params_state`)."""
     shardings = nnx.to_pure_dict(sharding.param_shardings(params_state, mesh, rules))
     out = lora.base_shardings(shardings, spec, mesh, rules)
     make = jax.jit(
         functools.partial(lora.make_base, spec=spec, dtype=config.model.compute_dtype),
         out_shardings=out,
     )
-    base = make(nnx.to_pure_dict(params_state))
-    return LoraRun(spec, base, adapters)
+    return make(params)
 
 
 def make_generate_fn(graphdef, model_config, config, lora_run=None):

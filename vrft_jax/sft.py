@@ -85,6 +85,9 @@ def sft_warmup(
     position in workdir/warmup/checkpoints and raises RunStopped; the end saves the final
     params there. A later call continues from the saved step, or returns the saved final params
     without recomputing them (a resumed run rebuilding its reference model).
+
+    state None (lora.full_warmup in a LoRA run): every weight trains, from params_state's (the
+    model's master weights), without the LoRA base; returns {"params": the warmed-up weights}.
     """
     n = config.sft.warmup_steps
     warm_cfg = config.optim.copy_and_resolve_references()
@@ -92,7 +95,9 @@ def sft_warmup(
     warm_cfg.schedule, warm_cfg.warmup_steps = "constant", 0
     tx, schedule = optim.make_optimizer(warm_cfg, n, params_state)
     warm_state, shardings = steps.make_train_state(params_state, tx, mesh, rules)
-    warm_state["params"] = state["params"]
+    full = state is None
+    if not full:
+        warm_state["params"] = state["params"]
     ckpt = None
     done, data_state = 0, None
     if workdir:
@@ -105,12 +110,13 @@ def sft_warmup(
         saved, _ = ckpt.restore(checkpoint.abstract_like(params, {"params": shardings["params"]}))
         ckpt.close()
         logging.info("sft warm-up: done before; its params from %s", ckpt.directory)
-        return dict(state, params=saved["params"])
+        return dict(state or {}, params=saved["params"])
     if done:  # stopped earlier: continue from the saved state and data position
         warm_state, extra = ckpt.restore(checkpoint.abstract_like(warm_state, shardings))
         data_state = extra["data"]
         print(f"sft warm-up: continuing after step {done} of {n}")
-    warm_fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings, fns.lora_run)
+    lora_run = None if full else fns.lora_run
+    warm_fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings, lora_run)
     source = make_source(config.data, "train", config.seed + 1)
     it = iter(
         Pipeline(
@@ -140,4 +146,32 @@ def sft_warmup(
         if ckpt is not None:
             ckpt.close()
     fns.compiles += warm_fns.compiles
-    return dict(state, params=warm_state["params"])
+    return dict(state or {}, params=warm_state["params"])
+
+
+def warmup_finished(workdir, config) -> bool:
+    """True when workdir/warmup holds the warm-up's final params (all sft.warmup_steps done)."""
+    return checkpoint.latest_step(os.path.join(workdir, WARMUP_DIR)) == config.sft.warmup_steps
+
+
+def full_warmup_base(
+    config, processor, graphdef, params_state, mesh, rules, fns, *, workdir, guard, resumed
+):
+    """lora.full_warmup: the warm-up trains every weight from `params_state` (the model's initial
+    master weights, as a full fine-tuning run's warm-up), and its result becomes the frozen LoRA
+    base (fns.lora_run, model_setup.rebase) that GRPO's adapters sit on. `resumed` (a run
+    continuing from its own step checkpoint): the result is read back from workdir/warmup, never
+    recomputed, since the saved adapters were trained on exactly that base."""
+    from vrft_jax.model_setup import rebase
+
+    if resumed and not warmup_finished(workdir, config):
+        raise checkpoint.CheckpointError(
+            f"{workdir!r} holds adapter checkpoints of a lora.full_warmup run but not the base "
+            f"they were trained on: {os.path.join(workdir, WARMUP_DIR)} has no final warm-up "
+            f"params (step {config.sft.warmup_steps}). Restore that folder or start a new workdir."
+        )
+    warmed = sft_warmup(
+        config, processor, graphdef, params_state, mesh, rules, None, fns,
+        workdir=workdir, guard=guard,
+    )["params"]  # fmt: skip
+    rebase(fns.lora_run, config, warmed, params_state, mesh, rules)

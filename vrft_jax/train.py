@@ -5,9 +5,11 @@ Reads top to bottom: a finished run? (say so, touch nothing) -> SIGTERM guard fo
 > config.model_init > random preset; model_setup: float32 master weights, compute-dtype sampler
 copy and reference) -> optimizer and train state -> files continued from the
 resumed step -> optional SFT warm-up (config.sft.warmup_steps, checkpointed in workdir/warmup/;
-the GRPO reference model is the warmed-up one) -> data pipeline with a resumable position -> the
-loop -> final evaluation. Evaluations: vrft_jax.evaluation; results.json, the table and the reward
-curve: vrft_jax.results. A SIGTERM outside the loop raises RunStopped once what can be saved is.
+the GRPO reference model is the warmed-up one; with lora.full_warmup it trains every weight and
+becomes the LoRA base, also rebuilt from workdir/warmup/ on resume) -> data pipeline with a
+resumable position -> the loop -> final evaluation. Evaluations: vrft_jax.evaluation; results.json,
+the table and the reward curve: vrft_jax.results. A SIGTERM outside the loop raises RunStopped once
+what can be saved is.
 
 Each GRPO step: rollout (sampler, G per prompt; with grpo.dynamic_sampling, more prompts until the
 batch holds input.batch_size groups with signal) -> rewards -> advantages -> reference log-probs
@@ -37,7 +39,7 @@ from vrft_jax.models import compile_count as model_compile_count
 from vrft_jax.preemption import PreemptionGuard, RunStopped
 from vrft_jax.results import Results, report
 from vrft_jax.rollout import make_rollout, make_signal_rollout
-from vrft_jax.sft import WARMUP_DIR, sft_batch, sft_warmup
+from vrft_jax.sft import WARMUP_DIR, full_warmup_base, sft_batch, sft_warmup
 
 TRAINERS = ("grpo", "sft")  # config.trainer
 
@@ -81,6 +83,8 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     logging.info("boxes in the %s frame (config.model.box_frame)", processor.box_frame)
     # LoRA: the weights become the frozen base; the trained params are the adapters.
     lora_run = lora_setup(config, params_state, mesh, rules)
+    # lora.full_warmup: the warm-up trains these weights first, then they replace the base.
+    model_params = params_state if lora_run is not None and config.lora.full_warmup else None
     if lora_run is not None:
         del model
         params_state = lora_run.adapters
@@ -138,7 +142,15 @@ def _run(config, workdir, total_steps, results, guard, closing, t_start) -> dict
     warm = config.trainer == "grpo" and config.sft.warmup_steps > 0
     # The reference is the initial model, also on resume (never the restored weights).
     start_params = init_state["params"]
-    if warm and not resumed:
+    if model_params is not None:  # the base is the warm-up's result; the adapters start fresh
+        full_warmup_base(
+            config, processor, graphdef, model_params, mesh, rules, fns,
+            workdir=workdir, guard=guard, resumed=init_source == "workdir",
+        )  # fmt: skip
+        del model_params
+        if config.eval_at_start and not resumed and not results.has("after_sft", 0):
+            evaluate("after_sft", 0, state, None)
+    elif warm and not resumed:
         state = sft_warmup(
             config, processor, graphdef, params_state, mesh, rules, state, fns,
             workdir=workdir, guard=guard,

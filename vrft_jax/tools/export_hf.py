@@ -12,7 +12,11 @@ rebuilt as the run built it (model_setup.build_model: model_init or the seeded p
 for QLoRA) and the export writes the merged weights W + (alpha/r) A @ B. With `--adapter_only` it
 writes a PEFT adapter folder instead (adapter_config.json + adapter_model.safetensors, see
 vrft_jax/peft_io.py) that `peft.PeftModel.from_pretrained(base, OUT)` loads onto the Hugging Face
-base model; `--adapter_only` on a full fine-tuning run is an error.
+base model; `--adapter_only` on a full fine-tuning run is an error. A `lora.full_warmup` run's base
+is its SFT warm-up's result (workdir/warmup/), which no Hugging Face folder holds: the merged
+export uses it, and `--adapter_only` also writes it as OUT/base/ (a Hugging Face folder of the
+frozen base as the run held it: compute dtype, int8 targets dequantised, written in --dtype), the
+adapter_config's base_model_name_or_path.
 
 Reads `DIR/config.json` (written by `vrft_jax.main`) and the parameters of the latest (or the
 chosen) step in `DIR/checkpoints` (only the parameters are read, not the optimizer state), rebuilds
@@ -59,6 +63,8 @@ from vrft_jax.checkpoint import CHECKPOINT_SUBDIR, CheckpointError, check_tree_m
 from vrft_jax.models.config import SUPPORTED_MODEL_TYPES, QwenVLConfig, get_preset
 from vrft_jax.models.qwen2_vl import Qwen2VL
 
+# --adapter_only of a lora.full_warmup run: the base the adapters were trained on goes here.
+BASE_SUBDIR = "base"
 # Tokenizer and processor files copied next to the weights (whichever the folder has).
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -206,17 +212,39 @@ def lora_rank(run_config) -> int:
 
 
 def restore_lora(workdir, step: int | None = None):
-    """(base model in the run's compute dtype, spec, adapters as host arrays, step) of a LoRA
-    run's checkpoint; the base rebuilt exactly as the run built it."""
+    """(base model, spec, adapters as host arrays, step) of a LoRA run's checkpoint; the base
+    rebuilt exactly as the run built it: model_init or the seeded preset in the compute dtype, or
+    for a lora.full_warmup run the warm-up's final master weights (workdir/warmup/)."""
     from vrft_jax.model_setup import build_model
 
     run_config = read_run_config(workdir)
+    if "full_warmup" not in run_config.lora:  # a config.json from before the option
+        run_config.lora.full_warmup = False
     step = _choose_step(workdir, step)
     step_dir = _workdir_path(workdir) / CHECKPOINT_SUBDIR / str(step)
     model = build_model(run_config)
     spec = lora.make_spec(run_config.lora, nnx.state(model, nnx.Param))
     adapters = _read_params(step_dir, lora.adapter_shapes(spec, run_config.model.master_dtype))
+    if run_config.lora.full_warmup:
+        params = nnx.state(model, nnx.Param)
+        warmed = _read_params(warmup_dir(workdir, run_config), nnx.to_pure_dict(params))
+        nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, warmed))
+        nnx.update(model, params)
     return model, spec, adapters, step
+
+
+def warmup_dir(workdir, run_config) -> epath.Path:
+    """The step folder of a lora.full_warmup run's final warm-up params (its LoRA base)."""
+    from vrft_jax.sft import WARMUP_DIR
+
+    n = int(run_config.sft.warmup_steps)
+    path = _workdir_path(workdir) / WARMUP_DIR / CHECKPOINT_SUBDIR / str(n)
+    if not (path / "state").is_dir():
+        raise FileNotFoundError(
+            f"{str(path)!r} does not exist: a lora.full_warmup run's adapters sit on the weights "
+            "its SFT warm-up saved there, and export needs them."
+        )
+    return path
 
 
 def merged_model(model, spec, adapters, dtype: str):
@@ -326,6 +354,10 @@ def export_hf(
 
             model, spec, adapters, step = restore_lora(workdir, step)
             base_name = run_config.get("model_init") or ""
+            if run_config.lora.get("full_warmup"):  # the base is the run's warm-up, not a folder
+                hf.save_model(merged_model(model, spec, {}, dtype or "float32"),
+                              os.path.join(tmp, BASE_SUBDIR))  # fmt: skip
+                base_name = os.path.join(out, BASE_SUBDIR)
             peft_io.write_adapters(tmp, adapters, spec, model.config, base_name)
         else:
             if rank:
