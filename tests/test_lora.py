@@ -114,13 +114,26 @@ def test_adapted_forward_equals_the_merged_weights(trained):
 
 
 def _assert_sampler_weights_are_the_merge(run, adapters):
-    """The sampler's weights (model_setup.make_generate_fn: the jitted merge_targets put into the
-    base) equal a jitted lora.merge bit for bit, and its other parameters are the base's own
-    arrays (not copied each rollout)."""
-    dtype = jnp.float32
-    merge_targets = jax.jit(functools.partial(lora.merge_targets, spec=run.spec, dtype=dtype))
-    got = lora.with_targets(run.base, merge_targets(run.base, adapters), run.spec)
-    want = jax.jit(functools.partial(lora.merge, spec=run.spec, dtype=dtype))(run.base, adapters)
+    """The sampler's weights (model_setup.sampler_weights_fn: the jitted merge_targets put into
+    the base) equal a jitted lora.merge bit for bit, and its other parameters are the base's own
+    arrays (not copied each rollout). After `rebase` (lora.full_warmup) the same function merges
+    onto the new base."""
+    config = lora_config()
+    config.model.compute_dtype = "float32"
+    weights_of = model_setup.sampler_weights_fn(config, run)
+    merge = jax.jit(functools.partial(lora.merge, spec=run.spec, dtype=jnp.float32))
+    _assert_same_tree(weights_of(adapters), merge(run.base, adapters), run)
+    old_base = run.base
+    try:
+        run.base = jax.tree.map(
+            lambda x: x * 2 if jnp.issubdtype(x.dtype, jnp.floating) else x, old_base
+        )
+        _assert_same_tree(weights_of(adapters), merge(run.base, adapters), run)
+    finally:
+        run.base = old_base
+
+
+def _assert_same_tree(got, want, run):
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

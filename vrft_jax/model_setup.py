@@ -177,30 +177,45 @@ def _make_base(config, spec, params, params_state, mesh, rules):
     return make(params)
 
 
+def sampler_weights_fn(config, lora_run=None):
+    """params -> the weights the sampler decodes with: a jitted cast to the compute dtype (the
+    same arrays when already in it). With `lora_run` params are adapters: only the targets'
+    effective weights are new arrays (lora.merge_targets), the rest are the base's own, and the
+    base is read at each call (lora.full_warmup replaces it after the warm-up: `rebase`)."""
+    compute = jnp.dtype(config.model.compute_dtype)
+    if lora_run is not None:
+        spec = lora_run.spec
+        merge = jax.jit(functools.partial(lora.merge_targets, spec=spec, dtype=compute))
+
+        def merged(adapters):
+            base = lora_run.base
+            return lora.with_targets(base, merge(base, adapters), spec)
+
+        return merged
+    cast = jax.jit(functools.partial(policy.cast_params, dtype=compute))
+
+    def to_compute(params):
+        floating = [x for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
+        return cast(params) if any(x.dtype != compute for x in floating) else params
+
+    return to_compute
+
+
 def make_generate_fn(graphdef, model_config, config, lora_run=None):
     """params -> generate(input_ids, attention_mask, pixel_values, image_grid_thw, **sampling),
-    the sampler bound to a compute-dtype copy of those params (one jitted cast per call, i.e. per
-    rollout or evaluation; the copy is freed with the returned function). Compiled sampler
-    programs are shared across params. With `lora_run` params are adapters: only the targets'
-    effective weights are new arrays (lora.merge_targets), the rest is the base's."""
-    compute = jnp.dtype(config.model.compute_dtype)
-    to_compute = jax.jit(functools.partial(policy.cast_params, dtype=compute))
-    if lora_run is not None:
-        spec, base = lora_run.spec, lora_run.base
-        merge = jax.jit(functools.partial(lora.merge_targets, spec=spec, dtype=compute))
-        to_compute = lambda adapters: lora.with_targets(base, merge(base, adapters), spec)  # noqa: E731
+    the sampler bound to `sampler_weights_fn`'s weights for those params (made once per call, i.e.
+    per rollout or evaluation; freed with the returned function). Compiled sampler programs are
+    shared across params."""
+    to_compute = sampler_weights_fn(config, lora_run)
     options = dict(
         prompt_buckets=tuple(config.input.prompt_buckets),
         patch_buckets=tuple(config.input.patch_buckets),
         batch_buckets=tuple(config.sampler.batch_buckets),
-        cache_dtype=compute,
+        cache_dtype=jnp.dtype(config.model.compute_dtype),
     )
 
     def bind(params):
-        leaves = jax.tree.leaves(params)
-        floating = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
-        convert = lora_run is not None or any(x.dtype != compute for x in floating)
-        weights = to_compute(params) if convert else params
+        weights = to_compute(params)
 
         def generate(*args, **kwargs):
             return sampler.generate_with_state(
