@@ -21,23 +21,37 @@ class for every image and GRPO can move only the format. With the colour filling
 the image dependence appears after ~60 SFT steps (spread 0.28 nats at step 80), so the warm-up
 ends with the format and a partial reading, and RL has room.
 
-Measured 2026-12-02, three seeds (`--config.seed=S`), on the 2-core CPU shared with ~7 other
-jobs (load average 13-20): 41 min wall each, 5.9 min CPU (4.2 user + 1.7 sys). Seed 42 re-run
-at load average ~3: 4.9 min wall (run timer 289 s), 4.9 min CPU, identical numbers; so under
-5 min on an idle machine. `greedy acc` = held-out classification accuracy with greedy decoding;
-`sampled` = held-out expected total reward (format + class, 0..2) and class accuracy over 4
-samples at temperature 1, what GRPO optimises:
+Measured 2026-12-02 (session 5), three seeds (`--config.seed=S`), on the code of this commit.
+Seed 42 on an idle machine: 184 s wall for the whole command; seeds 1 and 2 took 12-15 min on the
+2-core CPU shared with four other jobs. `greedy acc` = held-out classification accuracy with
+greedy decoding; `sampled` = held-out expected total reward (format + class, 0..2) and class
+accuracy over 4 samples at temperature 1, what GRPO optimises:
 
   seed  greedy acc: after SFT -> GRPO  sampled total: SFT -> GRPO  sampled class: SFT -> GRPO
-    42                  0.417 -> 0.583               1.005 -> 1.438               0.281 -> 0.500
-     1                  0.646 -> 0.646               1.505 -> 1.568               0.583 -> 0.615
-     2                  0.688 -> 0.688               1.599 -> 1.620               0.630 -> 0.667
+    42                  0.417 -> 0.375               0.922 -> 1.292               0.281 -> 0.333
+     1                  0.646 -> 0.646               1.297 -> 1.573               0.401 -> 0.625
+     2                  0.688 -> 0.688               1.599 -> 1.625               0.625 -> 0.672
 
 (before training every metric is 0: the random model has no format.) GRPO raises the held-out
-sampled class accuracy on all three seeds and the greedy accuracy on one (+0.167); on the two
-seeds whose warm-up already reads the colour well, 50 GRPO steps leave the greedy answers
-unchanged (issue 14 item 6: a clear greedy gain on every seed is not reached yet). Re-running the
-command in the same workdir says the run is finished and changes no file.
+sampled reward and class accuracy on all three seeds; the greedy accuracy does not rise on any
+(issue 14 item 6 is still open). Why: the warm-up ends with the model telling one colour from the
+other two, and the other two give nearly the same answer log-probs (seed 1: log p(red) - log
+p(green) is 1.00 nats on red cards, 0.75 on green cards; blue is told apart). GRPO sharpens the
+separated colour and the pair's majority answer, and does not learn to separate the pair: after
+its 50 steps that gap differs by 0.01 nats between red and green cards (0.25 before). The greedy
+answer on the pair's cards flips or stays, by chance (seed 42: green for every card).
+Tried from the same warm-ups (greedy after GRPO; seed 1 starts at 0.646, seed 2 at 0.688):
+  - GRPO lr 5e-3: seed 1 0.771, by answering green for the red cards (the pair flips, still one
+    answer for both); lr 1e-2: the format is lost (0.000).
+  - DAPO dynamic sampling (grpo.dynamic_sampling, 16 tries): seed 1 0.646; seed 2 stops at step 37
+    (every group scored the same on its 4 samples in 16 tries).
+  - Only the vision tower trained (optim.freeze='^language_model/', lr 5e-3 and 1e-2): 0.646 and
+    0.688, unchanged; the pair's gap shrinks further.
+  - A 40-step warm-up and lr 5e-3: seed 1 has no format after the warm-up; seed 2 (0.375, one
+    answer) loses the format under GRPO.
+  - 112 px cards (16 image tokens instead of 4): seeds 1 / 2 / 42 go 0.542 -> 0.583, 1.000 ->
+    1.000 (the warm-up already reads all three), 0.417 -> 0.417.
+Re-running the command in the same workdir says the run is finished and changes no file.
 
 The Qwen2.5-VL tiny model on the earlier shape-task demo (`--config.model.preset=qwen2_5_vl-tiny`;
 measured 2026-12-02 on the loaded 2-core CPU, 1364 s wall, before this re-tune): held-out sampled
