@@ -15,6 +15,7 @@ from flax import nnx
 from test_train_step import MESHES, make_batch, make_config, model_params
 
 from vrft_jax import lora, model_setup, optim, sharding, steps
+from vrft_jax.models import get_preset, random_qwen2_vl
 
 RANK = 4
 
@@ -251,3 +252,53 @@ def test_targets_matching_nothing_names_real_paths():
         lora.make_spec(lora_config(targets="q_bias").lora, params)
     with pytest.raises(ValueError, match="config.lora.quantize='nf3'"):
         lora.check_config(lora_config(quantize="nf3").lora)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_lora_grpo_step_and_peft_names_on_every_family(family):
+    """Qwen2.5-VL (window attention) and Qwen3-VL (DeepStack, q/k norms) through the same LoRA
+    path as Qwen2-VL: fresh adapters are the base (KL exactly 0), a GRPO update moves only the
+    adapters, and the PEFT tensors (Hugging Face module names of that family) read back exactly."""
+    import test_train_step as tts
+
+    from vrft_jax import peft_io
+
+    presets = {
+        "qwen2_5_vl": ("qwen2_5_vl-tiny", {"window_size": 28}),
+        "qwen3_vl": ("qwen3_vl-tiny", {}),
+    }
+    name, overrides = presets[family]
+    model_config = get_preset(name, vocab_size=512, **tts.IDS, **overrides)
+    graphdef, params = nnx.split(random_qwen2_vl(model_config, seed=1), nnx.Param)
+    config = lora_config()
+    mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
+    run = model_setup.lora_setup(config, params, mesh, sharding.make_rules(()))
+    tx, schedule = optim.make_optimizer(config.optim, 10, run.adapters)
+    state, shardings = steps.make_train_state(run.adapters, tx, mesh, ())
+    fns = steps.TrainSteps(graphdef, config, tx, schedule, shardings, run)
+    batch = make_batch()
+    patch = model_config.patch_dim  # 14 px patches (1176), Qwen3-VL 16 px (1536)
+    rows = batch["pixel_values"].shape[0]
+    batch["pixel_values"] = np.random.default_rng(7).normal(size=(rows, patch)).astype(np.float32)
+    batch = steps.place_batch(batch, mesh)
+    base_before, adapters_before = host(run.base), host(state["params"])
+    ref = fns.logprobs({}, batch)
+    np.testing.assert_array_equal(np.asarray(fns.logprobs(state["params"], batch)), np.asarray(ref))
+    batch["ref_logps"] = ref
+    state, metrics = fns.update_grpo(state, batch)
+    metrics = steps.host_metrics(metrics)
+    assert metrics["kl"] == 0.0 and metrics["grad_norm"] > 0
+    jax.tree.map(np.testing.assert_array_equal, base_before, host(run.base))
+    after = host(state["params"])
+    for t in run.spec.targets:
+        moved = np.abs(lora._get(after, t.path)["b"] - lora._get(adapters_before, t.path)["b"])
+        assert moved.max() > 0, (family, t.key)
+    tensors = peft_io.peft_tensors(after, run.spec, model_config)
+    assert len(tensors) == 2 * sum(
+        lora._get(after, t.path)["a"].shape[0] if t.stacked else 1 for t in run.spec.targets
+    )
+    assert all(k.startswith(peft_io.PREFIX) and ".language_model.layers." in k for k in tensors), (
+        sorted(tensors)[:2]
+    )
+    back = peft_io._from_tensors(tensors, run.spec, run.adapters, model_config)
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(back), after)
