@@ -51,6 +51,10 @@ Tried from the same warm-ups (greedy after GRPO; seed 1 starts at 0.646, seed 2 
     answer) loses the format under GRPO.
   - 112 px cards (16 image tokens instead of 4): seeds 1 / 2 / 42 go 0.542 -> 0.583, 1.000 ->
     1.000 (the warm-up already reads all three), 0.417 -> 0.417.
+  - 150 GRPO steps instead of 50 (the same settings): seed 1 0.646 -> 1.000 (the pair is
+    separated; sampled class 0.974), seed 2 0.688 -> 0.688 (green cards still answered blue);
+    seed 42 not run (30 min wall each, two at a time beside a CI run). The most promising
+    direction for the next re-tune.
 Re-running the command in the same workdir says the run is finished and changes no file.
 
 The Qwen2.5-VL tiny model on the earlier shape-task demo (`--config.model.preset=qwen2_5_vl-tiny`;
