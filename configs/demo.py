@@ -53,8 +53,38 @@ Tried from the same warm-ups (greedy after GRPO; seed 1 starts at 0.646, seed 2 
     1.000 (the warm-up already reads all three), 0.417 -> 0.417.
   - 150 GRPO steps instead of 50 (the same settings): seed 1 0.646 -> 1.000 (the pair is
     separated; sampled class 0.974), seed 2 0.688 -> 0.688 (green cards still answered blue);
-    seed 42 not run (30 min wall each, two at a time beside a CI run). The most promising
-    direction for the next re-tune.
+    seed 42 (session 6, idle machine, 431 s wall): 0.417 -> 0.375 (blue for every card after
+    the warm-up, green for every card after GRPO: no colour is read).
+Session 6 (2026-12-02) found why seed 42 reads nothing: the warm-up's lr 1e-2 wrecks the image
+features. Mean merged image feature per colour (seed 42, 24 eval cards): at the random init the
+three are nearly orthogonal (cosines 0.016, 0.006, -0.027; norm 0.2); after the 70-step warm-up
+cos(blue, green) = 0.9997 and the norm is 103, so blue and green cards look alike to the decoder.
+The SFT trainer alone (`--config.trainer=sft`, 8 examples a step) shows it on greedy accuracy:
+  - lr 1e-2: seed 42 never reads (one answer for every card at steps 50-150; 112 px: 0.625).
+  - lr 3e-3: all three seeds read every colour at step 70 (greedy 1.000; at step 60 0.625 /
+    0.646 / 0.625 for seeds 42 / 1 / 2; no format before step 50).
+  - lr 3e-3 with the vision tower frozen (optim.freeze='^visual/'): seed 42 never reads (0.208 at
+    step 100): the vision tower must train, the decoder alone does not learn to read 4 image
+    tokens among 97 prompt tokens.
+So SFT at a sane lr reads the colours within the warm-up's length, and a warm start that has the
+format but not yet the colours lies in a window of ~10 steps whose place depends on the seed and
+the data stream. GRPO from such warm starts (warm-up lr 3e-3):
+  - warm-up 65 steps, then 100 GRPO steps of 4 prompts x G=8, lr 2e-3 (est. 6 min alone), all
+    three seeds (885 s wall, the three at once on the 2 cores): greedy 0.375 -> 0.625 (seed 42,
+    blue now read), 0.771 -> 0.646 (seed 1: red and green still share one answer, which
+    flipped), 1.000 -> 1.000 (seed 2: the warm-up already reads all three); sampled total 0.766
+    -> 1.490, 0.896 -> 1.609, 0.922 -> 1.953.
+  - seed 42, warm-up 65 steps: 8 prompts x G=4 reads nothing in 100 steps (0.375 -> 0.208, one
+    answer); 8 x G=8 reads blue in 60 steps (0.375 -> 0.625, 8 s a step); G=8 is what helps.
+  - seed 42, warm-up 60 steps (sampled format 0.385), GRPO lr 3e-3: the format is lost (0.000).
+  - a format-only warm-up (each prompt trained on the next example's answer; a trial patch, not
+    kept), then 100 GRPO steps (8 x G=4, lr 2e-3): no colour is read (greedy 0.375 -> 0.375, one
+    answer; sampled class 0.22 -> 0.35, 0.29 with the vision tower frozen in the warm-up).
+  The GRPO gradient does point at reading: on 8 warm-start prompts with the three answers as one
+  group, its cosine with the SFT gradient of the true answers is 0.996 on the vision tower (0.72
+  on all weights). Adam on the rollouts' noisy gradients moves that way too slowly for 100 steps.
+  This is why the table above keeps the earlier settings (item 6 stays open): no setting tried
+  gives a greedy gain on all three seeds within the 10-minute budget.
 Re-running the command in the same workdir says the run is finished and changes no file.
 
 The Qwen2.5-VL tiny model on the earlier shape-task demo (`--config.model.preset=qwen2_5_vl-tiny`;
