@@ -74,6 +74,10 @@ the data stream. GRPO from such warm starts (warm-up lr 3e-3):
     blue now read), 0.771 -> 0.646 (seed 1: red and green still share one answer, which
     flipped), 1.000 -> 1.000 (seed 2: the warm-up already reads all three); sampled total 0.766
     -> 1.490, 0.896 -> 1.609, 0.922 -> 1.953.
+  - the same with the warm-up on 4 examples a step (input.batch_size=4 also sizes the warm-up's
+    batches), three seeds at once (~850 s wall): greedy 0.396 -> 0.417 (seed 1), 0.688 -> 1.000
+    (seed 2, all three colours read), 0.417 -> 0.000 (seed 42: the answer degenerates to one
+    unrelated token; sampled total 0.688 -> 0.969, all format).
   - seed 42, warm-up 65 steps: 8 prompts x G=4 reads nothing in 100 steps (0.375 -> 0.208, one
     answer); 8 x G=8 reads blue in 60 steps (0.375 -> 0.625, 8 s a step); G=8 is what helps.
   - seed 42, warm-up 60 steps (sampled format 0.385), GRPO lr 3e-3: the format is lost (0.000).
