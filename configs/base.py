@@ -137,6 +137,9 @@ def get_config(arg=None):
     c.sft.micro_batch_size = 8
     c.sft.warmup_steps = 0  # demo: supervised steps before GRPO to learn the answer format
     c.sft.lr = 0.0  # constant learning rate of the warm-up (0 = optim.lr)
+    # A noisy teacher: "TRUE>GIVEN@FRACTION[,...]" trains that fraction of class TRUE's examples
+    # on the answer GIVEN (classification; rewards keep the true answer), e.g. "blue>green@0.7".
+    c.sft.relabel = ""
     c.sft.think = ""  # SFT target = "<think>{think}</think>" + solution when set, else solution
 
     # ---- Optimizer (Optax AdamW) ----------------------------------------------------------------

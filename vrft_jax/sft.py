@@ -7,6 +7,7 @@ plus the target answer's tokens as the completion, so they share the GRPO step's
 """
 
 import os
+import zlib
 
 import numpy as np
 from absl import logging
@@ -14,7 +15,11 @@ from tqdm import tqdm
 
 from vrft_jax import box_frames, checkpoint, optim, steps
 from vrft_jax.data import make_source
-from vrft_jax.data.example import detection_solution, grounding_solution
+from vrft_jax.data.example import (
+    classification_solution,
+    detection_solution,
+    grounding_solution,
+)
 from vrft_jax.data.pipeline import Pipeline
 from vrft_jax.preemption import RunStopped
 from vrft_jax.rollout import encode_prompts, example_image_sizes
@@ -45,12 +50,50 @@ def solution_in_frame(example, frame: str, size) -> str:
     return grounding_solution(written[0].tolist())
 
 
+def parse_relabel(spec: str) -> dict[str, tuple[str, float]]:
+    """config.sft.relabel "TRUE>GIVEN@FRACTION[,...]" -> {TRUE: (GIVEN, FRACTION)}."""
+    rules = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            pair, fraction = part.split("@")
+            true, given = (x.strip() for x in pair.split(">"))
+            fraction = float(fraction)
+        except ValueError:
+            true = given = ""
+        if not true or not given or not 0.0 <= fraction <= 1.0 or true in rules:
+            raise ValueError(
+                f"config.sft.relabel={spec!r}: {part!r} is not TRUE>GIVEN@FRACTION with a "
+                "fraction in [0, 1] and each TRUE class once, e.g. 'blue>green@0.7'"
+            )
+        rules[true] = (given, fraction)
+    return rules
+
+
+def relabelled(example, rules: dict, seed: int):
+    """The example with the wrong class as its SFT answer, for a fixed `fraction` of its class.
+
+    A noisy teacher (config.sft.relabel): the SFT target of a classification example whose class
+    is TRUE becomes GIVEN for that fraction of the examples, chosen by a hash of (seed,
+    example_id), so a resumed warm-up sees the same labels. Rewards keep the true solution.
+    """
+    rule = rules.get(example.class_name) if example.task == "classification" else None
+    if rule is None:
+        return example
+    given, fraction = rule
+    if zlib.crc32(f"{seed}:{example.example_id}".encode()) / 2**32 >= fraction:
+        return example
+    return example.replace(solution=classification_solution(given), class_name=given)
+
+
 def sft_batch(processor, examples, config) -> dict:
     """Prompt arrays + answer tokens (target text and <|im_end|>), C padded to max_new_tokens.
 
     Returns the prompt arrays of `encode_prompts` (B = N: one completion per prompt) and
     completion_ids int32 [N, C], completion_mask int32 [N, C] (1 on the answer tokens).
     """
+    if config.sft.relabel:
+        rules = parse_relabel(config.sft.relabel)
+        examples = [relabelled(e, rules, config.seed) for e in examples]
     prompt = encode_prompts(processor, examples, config)
     sizes = example_image_sizes(processor, prompt, len(examples))
     targets = [
