@@ -42,6 +42,7 @@ def make_config():
     # whose format the warm-up learns more slowly: 38 steps leave its sampled reward at 0.01).
     c.data.synthetic_task, c.sft.think, c.optim.lr = "classification", "one shape", 1e-3
     c.sft.warmup_steps = 38  # sampled completions have the full format only sometimes
+    c.sft.lr, c.sft.relabel = 1e-2, ""  # the warm-up it was measured with (clean labels)
     c.data.num_eval_examples = 24
     c.eval.batch_size = 16
     return c
