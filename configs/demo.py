@@ -39,11 +39,14 @@ held-out classification accuracy with greedy decoding; `sampled` = held-out expe
 (before training every metric is 0: the random model has no format.) After the warm-up every seed
 answers red and green cards right and blue cards "green". GRPO turns the blue cards' greedy answer
 to "blue" on seeds 42 and 2 by step 25 (both 1.000 at steps 25 and 50); on seed 1 it does not
-within 50 steps (blue cards still "green"; its warm-up samples "blue" less: sampled class 0.505
-against 0.667 and 0.620). GRPO lr 3e-3 from the same warm-ups (checked every 10 steps): seed 42
-1.000 from step 10; seeds 1 and 2 unchanged at step 50 (0.583, 0.688). A 70-step warm-up with
-70% relabelled (GRPO lr 2e-3): seeds 42 and 2 answer blue cards "green" at step 50 too (0.583,
-0.688); seed 1's warm-up had not yet read red (0.354) and GRPO turned every answer to "red".
+within 50 steps, nor within 100 (the run resumed to total_steps=100: greedy 0.583 at steps 75 and
+100, sampled class 0.557, 0.568). Its warm-up almost never samples "blue" on blue cards (sampled
+class 0.505 is about what its red and green cards alone give, against 0.667 and 0.620), so its
+blue cards' groups carry no signal.
+Variants: GRPO lr 3e-3 from the same warm-ups (checked every 10 steps): seed 42 1.000 from step
+10; seeds 1 and 2 unchanged at step 50 (0.583, 0.688). A 70-step warm-up with 70% relabelled
+(GRPO lr 2e-3): seeds 42 and 2 answer blue cards "green" at step 50 too (0.583, 0.688); seed 1's
+warm-up had not yet read red (0.354) and GRPO turned every answer to "red".
 Seed 42 alone on the idle machine: 422 s wall for the whole command (GRPO step median 5.2 s), the
 same numbers as in the table to the last digit.
 Re-running the command in the same workdir says the run is finished and changes no file.
