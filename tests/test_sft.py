@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from vrft_jax import sft
+from vrft_jax import config_utils, sft
 from vrft_jax.data import make_source
 from vrft_jax.inputs import PromptProcessor
 
@@ -27,6 +27,10 @@ def test_parse_relabel_reads_rules_and_names_bad_parts():
                 "blue>green@0.1,blue>red@0.2"):  # fmt: skip
         with pytest.raises(ValueError, match="config.sft.relabel=.*TRUE>GIVEN@FRACTION"):
             sft.parse_relabel(bad)
+    config = base.get_config()
+    config.sft.relabel = "blue>green"
+    # Reported with the config's other problems, before any data or model is touched.
+    assert any("'blue>green'" in e for e in config_utils.check_values(config))
 
 
 def test_relabelled_swaps_that_fraction_of_one_class_only_and_is_deterministic():

@@ -190,7 +190,14 @@ def check_values(config) -> list[str]:
         value = get_field(config, field)
         if value not in allowed:
             errors.append(f"config.{field}={value!r}: expected one of {', '.join(allowed)}")
-    for check in (_check_model, _check_rewards, _check_mesh, _check_data, _check_numbers):
+    for check in (
+        _check_model,
+        _check_rewards,
+        _check_mesh,
+        _check_data,
+        _check_relabel,
+        _check_numbers,
+    ):
         errors.extend(check(config))
     return errors
 
@@ -293,6 +300,33 @@ def _check_data(config) -> list[str]:
             f"{', '.join(tfds.SUBJECTS)}"
         )
     return errors
+
+
+def parse_relabel(spec: str) -> dict[str, tuple[str, float]]:
+    """config.sft.relabel "TRUE>GIVEN@FRACTION[,...]" -> {TRUE: (GIVEN, FRACTION)}."""
+    rules = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            pair, fraction = part.split("@")
+            true, given = (x.strip() for x in pair.split(">"))
+            fraction = float(fraction)
+        except ValueError:
+            true = given = ""
+        if not true or not given or not 0.0 <= fraction <= 1.0 or true in rules:
+            raise ValueError(
+                f"config.sft.relabel={spec!r}: {part!r} is not TRUE>GIVEN@FRACTION with a "
+                "fraction in [0, 1] and each TRUE class once, e.g. 'blue>green@0.7'"
+            )
+        rules[true] = (given, fraction)
+    return rules
+
+
+def _check_relabel(config) -> list[str]:
+    try:
+        parse_relabel(config.sft.relabel)
+    except ValueError as e:
+        return [str(e)]
+    return []
 
 
 def _check_numbers(config) -> list[str]:

@@ -14,6 +14,7 @@ from absl import logging
 from tqdm import tqdm
 
 from vrft_jax import box_frames, checkpoint, optim, steps
+from vrft_jax.config_utils import parse_relabel
 from vrft_jax.data import make_source
 from vrft_jax.data.example import (
     classification_solution,
@@ -48,25 +49,6 @@ def solution_in_frame(example, frame: str, size) -> str:
     if example.task == "detection":
         return detection_solution(written.tolist())
     return grounding_solution(written[0].tolist())
-
-
-def parse_relabel(spec: str) -> dict[str, tuple[str, float]]:
-    """config.sft.relabel "TRUE>GIVEN@FRACTION[,...]" -> {TRUE: (GIVEN, FRACTION)}."""
-    rules = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        try:
-            pair, fraction = part.split("@")
-            true, given = (x.strip() for x in pair.split(">"))
-            fraction = float(fraction)
-        except ValueError:
-            true = given = ""
-        if not true or not given or not 0.0 <= fraction <= 1.0 or true in rules:
-            raise ValueError(
-                f"config.sft.relabel={spec!r}: {part!r} is not TRUE>GIVEN@FRACTION with a "
-                "fraction in [0, 1] and each TRUE class once, e.g. 'blue>green@0.7'"
-            )
-        rules[true] = (given, fraction)
-    return rules
 
 
 def relabelled(example, rules: dict, seed: int):
